@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     llm_model: str | None = Field(None, validation_alias=_env("FSAGENT_LLM_MODEL"))
     llm_timeout: float = Field(60.0, gt=0, validation_alias=_env("FSAGENT_LLM_TIMEOUT"))
     llm_max_retries: int = Field(2, ge=0, validation_alias=_env("FSAGENT_LLM_MAX_RETRIES"))
+    # USD per million tokens, for the cost metric and Langfuse cost details (0 = unknown).
+    llm_input_cost_per_mtok: float = Field(
+        0.0, ge=0, validation_alias=_env("FSAGENT_LLM_INPUT_COST_PER_MTOK")
+    )
+    llm_output_cost_per_mtok: float = Field(
+        0.0, ge=0, validation_alias=_env("FSAGENT_LLM_OUTPUT_COST_PER_MTOK")
+    )
     openai_api_key: str | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
     azure_openai_api_key: str | None = Field(None, validation_alias=_env("AZURE_OPENAI_API_KEY"))
@@ -54,6 +61,10 @@ class Settings(BaseSettings):
         "development", validation_alias=_env("LANGFUSE_TRACING_ENVIRONMENT")
     )
     langfuse_release: str | None = Field(None, validation_alias=_env("LANGFUSE_RELEASE"))
+    langfuse_timeout: float = Field(5.0, gt=0, validation_alias=_env("LANGFUSE_TIMEOUT"))
+    langfuse_flush_interval: float = Field(
+        1.0, gt=0, validation_alias=_env("LANGFUSE_FLUSH_INTERVAL")
+    )
     trace_max_field_chars: int = Field(
         1000, ge=16, validation_alias=_env("FSAGENT_TRACE_MAX_FIELD_CHARS")
     )

@@ -1,0 +1,1 @@
+"""The cache service: a persistent, namespaced diskcache store behind fsagent.v1.Cache."""

@@ -1,0 +1,5 @@
+import sys
+
+from fsagent.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,93 @@
+"""The `fsagent` command: run the local stack, and operate the cache."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from fsagent.common.settings import get_settings
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fsagent.cli.localstack import LocalStack, Ports
+
+    settings = get_settings()
+    data_root = Path(settings.data_root).resolve()
+    if not data_root.is_dir():
+        print(f"fsagent: data root {data_root} is not a directory (set FSAGENT_DATA_ROOT)", file=sys.stderr)
+        return 2
+    ports = Ports(
+        gateway=settings.gateway_port,
+        agent=int(settings.agent_addr.rpartition(":")[2]),
+        sandbox=int(settings.sandbox_addr.rpartition(":")[2]),
+        cache=int(settings.cache_addr.rpartition(":")[2]),
+        agent_metrics=settings.agent_metrics_port,
+        sandbox_metrics=settings.sandbox_metrics_port,
+        cache_metrics=settings.cache_metrics_port,
+    )
+    stack = LocalStack(
+        data_root=data_root,
+        cache_dir=Path(settings.cache_dir).resolve(),
+        ports=ports,
+        host=args.host,
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    provider = settings.resolved_provider
+    print(f"fsagent: starting cache, sandbox, agent, gateway (model provider: {provider}, data: {data_root})",
+          file=sys.stderr)
+    try:
+        stack.start(timeout=args.timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"fsagent: start-up failed: {exc}", file=sys.stderr)
+        stack.stop()
+        return 1
+    url = stack.base_url
+    print(
+        f"""
+fsagent is ready: {url}   (API docs: {url}/docs, metrics: {url}/metrics)
+
+  curl -s {url}/api/chat -H 'content-type: application/json' \\
+       -d '{{"message":"What are the password rules?"}}'
+
+Press Ctrl-C to stop.
+""",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stop.is_set():
+        stop.wait(0.5)
+        dead = [name for name, proc in stack.processes.items() if proc.poll() is not None]
+        if dead:
+            print(f"fsagent: {', '.join(dead)} stopped unexpectedly; shutting down", file=sys.stderr)
+            stack.stop()
+            return 1
+    print("fsagent: stopping", file=sys.stderr)
+    codes = stack.stop()
+    print("fsagent: stopped " + ", ".join(f"{k}={v}" for k, v in codes.items()), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsagent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start all four services locally and wait for Ctrl-C")
+    run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--log-dir", help="write each service's log to DIR/<service>.log instead of the terminal")
+    run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

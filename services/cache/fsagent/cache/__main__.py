@@ -1,0 +1,3 @@
+from fsagent.cache.main import main
+
+main()

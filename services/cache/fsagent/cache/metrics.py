@@ -1,0 +1,148 @@
+"""Metrics of the cache service (the shared gRPC and build metrics come from fsagent.common.metrics).
+
+Counters and the latency histogram are updated by the servicer on every call. The size gauges are
+computed at scrape time by a collector, in the metrics server's thread, from one aggregate query
+(CacheStore.stats), and remembered for a couple of seconds; nothing is aggregated per Get.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Iterable
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fsagent.common import metrics as common_metrics
+from fsagent.common.metrics import FAST_BUCKETS, NAMESPACE
+
+if TYPE_CHECKING:
+    from fsagent.cache.store import CacheStore, Stats
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = ("get", "put", "invalidate", "clear", "session_get", "session_append", "session_delete")
+RESULTS = ("hit", "miss", "stale", "stored", "skipped", "ok", "error")
+INVALIDATION_REASONS = ("document_write", "document_delete", "manual", "other")
+# Label for operations that span namespaces (invalidate, clear of everything).
+ALL_NAMESPACES = "all"
+
+OPERATIONS_TOTAL = Counter(
+    "cache_operations_total",
+    "Cache operations by operation, namespace and result (hit, miss, stale, stored, skipped, ok, error).",
+    ["operation", "namespace", "result"],
+    namespace=NAMESPACE,
+)
+OPERATION_DURATION = Histogram(
+    "cache_operation_duration_seconds",
+    "Time the cache service spent on one operation, including the store's SQLite work.",
+    ["operation", "namespace"],
+    namespace=NAMESPACE,
+    buckets=FAST_BUCKETS,
+)
+INVALIDATIONS_TOTAL = Counter(
+    "cache_invalidations_total",
+    "Cache entries removed by invalidation, by reason (document_write, document_delete, manual, other).",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+
+
+def reason_label(reason: str) -> str:
+    return reason if reason in INVALIDATION_REASONS else "other"
+
+
+def record(operation: str, namespace: str, result: str, seconds: float) -> None:
+    OPERATIONS_TOTAL.labels(operation, namespace, result).inc()
+    OPERATION_DURATION.labels(operation, namespace).observe(seconds, exemplar=common_metrics.exemplar())
+
+
+def record_invalidation(reason: str, removed: int) -> None:
+    INVALIDATIONS_TOTAL.labels(reason_label(reason)).inc(removed)
+
+
+class StoreGaugeCollector(Collector):
+    """Size gauges of the bound store, computed when /metrics is scraped.
+
+    fsagent_cache_size_bytes{namespace}, fsagent_cache_entries{namespace},
+    fsagent_cache_size_limit_bytes, fsagent_cache_volume_bytes, fsagent_sessions_active.
+    """
+
+    def __init__(self, max_age: float = 2.0) -> None:
+        self._store: CacheStore | None = None
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._snapshot: tuple[float, Stats] | None = None
+
+    def bind(self, store: CacheStore | None) -> None:
+        with self._lock:
+            self._store = store
+            self._snapshot = None
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        p = NAMESPACE + "_"
+        return {
+            "size": GaugeMetricFamily(
+                p + "cache_size_bytes", "Bytes held by live cache entries (key + value), by namespace.",
+                labels=["namespace"],
+            ),
+            "entries": GaugeMetricFamily(
+                p + "cache_entries", "Live (unexpired) cache entries, by namespace.", labels=["namespace"]
+            ),
+            "limit": GaugeMetricFamily(
+                p + "cache_size_limit_bytes", "Size at which the cache starts evicting least-recently-used entries."
+            ),
+            "volume": GaugeMetricFamily(
+                p + "cache_volume_bytes", "Disk used by the cache store: SQLite pages plus value files."
+            ),
+            "sessions": GaugeMetricFamily(
+                p + "sessions_active", "Conversation sessions stored and not expired."
+            ),
+        }
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families().values())
+
+    def _stats(self) -> Stats | None:
+        with self._lock:
+            store = self._store
+            snapshot = self._snapshot
+            if store is None:
+                return None
+            if snapshot is not None and time.monotonic() - snapshot[0] < self._max_age:
+                return snapshot[1]
+        try:
+            stats = store.stats()
+        except Exception:  # noqa: BLE001 - a failing scrape must not break /metrics
+            log.warning("cache stats unavailable for /metrics", exc_info=True)
+            return None
+        with self._lock:
+            if self._store is store:
+                self._snapshot = (time.monotonic(), stats)
+        return stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return []
+        families = self._families()
+        for ns in stats.namespaces:
+            families["size"].add_metric([ns.namespace], ns.bytes)
+            families["entries"].add_metric([ns.namespace], ns.entries)
+            if ns.namespace == "sessions":
+                families["sessions"].add_metric([], ns.entries)
+        families["limit"].add_metric([], stats.size_limit)
+        families["volume"].add_metric([], stats.volume)
+        return list(families.values())
+
+
+GAUGES = StoreGaugeCollector()
+REGISTRY.register(GAUGES)
+
+
+def bind_store(store: CacheStore | None) -> None:
+    """Report this store's sizes on /metrics (None: report nothing)."""
+    GAUGES.bind(store)

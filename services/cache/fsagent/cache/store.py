@@ -1,0 +1,532 @@
+"""The cache store: one `diskcache.Cache` on disk, split into namespaces by key prefix and tag.
+
+Every method here is synchronous and blocking (diskcache is SQLite underneath); the gRPC servicer
+runs them on a small thread pool, never on the event loop. The store is thread-safe (diskcache keeps
+one SQLite connection per thread) and process-safe (SQLite locking), so several processes may
+share one directory.
+
+Layout of one entry in diskcache:
+
+  key    "<namespace>:<key>"          (a str, stored raw, so it can be read back with plain SQL)
+  tag    "<namespace>"                (indexed: `clear(namespace)` and the per-namespace stats use it)
+  value  bytes, never pickled (nothing read from disk is ever unpickled):
+           content/search: MAGIC | u32 len | scopes joined by NUL | u32 len | fingerprint | value
+           sessions:       a JSON object {"created", "updated", "messages": [<message JSON>, ...]}
+  expire the namespace TTL, or the one the caller asked for
+
+`get` answers HIT only when the stored fingerprint equals the caller's; a mismatch deletes the
+entry (STALE). `invalidate(prefix)` drops every content/search entry whose scope contains or lies
+beneath the prefix. Eviction is least-recently-used over the whole store at `size_limit`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import sqlite3
+import struct
+import threading
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import diskcache
+from diskcache.core import DBNAME
+
+from fsagent.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONTENT = "content"
+SEARCH = "search"
+SESSIONS = "sessions"
+NAMESPACES: tuple[str, ...] = (CONTENT, SEARCH, SESSIONS)
+# Namespaces whose entries carry (fingerprint, scopes, value) and go through get/put/invalidate.
+ENTRY_NAMESPACES: tuple[str, ...] = (CONTENT, SEARCH)
+
+HIT, MISS, STALE = "hit", "miss", "stale"
+
+MAX_KEY_CHARS = 1024
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_SCOPE_CHARS = 4096
+MAX_SCOPES = 4096
+# diskcache's busy timeout: how long an operation waits for another writer's lock before failing
+# with diskcache.Timeout. Callers give the cache a deadline far shorter than this anyway.
+DB_TIMEOUT_SECONDS = 5.0
+# One entry may use at most this share of the size limit; a bigger one would evict most of the
+# store for a single value, so it is not stored (put returns False).
+MAX_ENTRY_SHARE = 8
+
+_MAGIC = b"fsc1"
+_U32 = struct.Struct(">I")
+# How much of an entry's head the invalidation scan reads first; enough for typical scope lists.
+_HEAD_BYTES = 4096
+
+
+class InvalidArgument(ValueError):
+    """A request the store refuses; the message is meant for the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    fingerprint: bytes
+    scopes: tuple[str, ...]
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    result: str  # HIT, MISS or STALE
+    value: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    messages: list[str]
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStats:
+    namespace: str
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    namespaces: list[NamespaceStats]
+    size_limit: int
+    volume: int
+    hit_ratio: float
+    directory: str
+
+    def by_namespace(self) -> dict[str, NamespaceStats]:
+        return {ns.namespace: ns for ns in self.namespaces}
+
+
+@dataclass(slots=True)
+class _Counters:
+    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NAMESPACES, 0))
+    misses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NAMESPACES, 0))
+
+
+# --- value encoding ----------------------------------------------------------------------------
+
+
+def encode_entry(fingerprint: bytes, scopes: Sequence[str], value: bytes) -> bytes:
+    scope_bytes = "\0".join(scopes).encode("utf-8")
+    return b"".join(
+        (_MAGIC, _U32.pack(len(scope_bytes)), scope_bytes, _U32.pack(len(fingerprint)), fingerprint, value)
+    )
+
+
+def _scopes_from_head(head: bytes) -> tuple[str, ...] | int:
+    """The scopes from the first bytes of an encoded entry, or how many bytes are needed."""
+    if len(head) < 8 or head[:4] != _MAGIC:
+        raise ValueError("not an fsagent cache entry")
+    (length,) = _U32.unpack_from(head, 4)
+    if len(head) < 8 + length:
+        return 8 + length
+    raw = head[8 : 8 + length]
+    return tuple(raw.decode("utf-8").split("\0")) if raw else ()
+
+
+def decode_entry(data: bytes) -> Entry:
+    if len(data) < 12 or data[:4] != _MAGIC:
+        raise ValueError("not an fsagent cache entry")
+    view = memoryview(data)
+    (scope_len,) = _U32.unpack_from(view, 4)
+    offset = 8 + scope_len
+    scopes_raw = bytes(view[8:offset])
+    (fp_len,) = _U32.unpack_from(view, offset)
+    offset += 4
+    fingerprint = bytes(view[offset : offset + fp_len])
+    if len(fingerprint) != fp_len:
+        raise ValueError("truncated fsagent cache entry")
+    scopes = tuple(scopes_raw.decode("utf-8").split("\0")) if scopes_raw else ()
+    return Entry(fingerprint, scopes, bytes(view[offset + fp_len :]))
+
+
+# --- paths and scopes --------------------------------------------------------------------------
+
+
+def normalize_path(path: str, *, what: str = "path") -> str:
+    """A relative POSIX path in canonical form; "" and "." (the data root) become ".".
+
+    Refuses absolute paths, `..` and NUL: the cache only ever sees paths relative to the data root.
+    """
+    if len(path) > MAX_SCOPE_CHARS:
+        raise InvalidArgument(f"{what} is longer than {MAX_SCOPE_CHARS} characters")
+    if "\0" in path:
+        raise InvalidArgument(f"{what} contains a NUL character")
+    if path.startswith("/") or path.startswith("\\"):
+        raise InvalidArgument(f"{what} must be relative to the data root, got an absolute path")
+    if ".." in path.split("/"):
+        raise InvalidArgument(f"{what} must not contain '..'")
+    if path in ("", "."):
+        return "."
+    normal = posixpath.normpath(path)
+    return "." if normal in ("", ".") else normal
+
+
+def scope_matches(scope: str, prefix: str) -> bool:
+    """True when a change at `prefix` can affect an entry that read `scope` (both normalised).
+
+    Either one lies beneath the other, or they are equal; the root "." is an ancestor of all.
+    """
+    if prefix == "." or scope == ".":
+        return True
+    return scope == prefix or scope.startswith(prefix + "/") or prefix.startswith(scope + "/")
+
+
+def _full_key(namespace: str, key: str) -> str:
+    return f"{namespace}:{key}"
+
+
+def _check_key(key: str) -> None:
+    if not key:
+        raise InvalidArgument("key must not be empty")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidArgument(f"key is longer than {MAX_KEY_CHARS} characters")
+
+
+def check_session_id(session_id: str) -> str:
+    if not SESSION_ID_RE.fullmatch(session_id):
+        raise InvalidArgument(
+            "session_id must be 1-128 characters from A-Z, a-z, 0-9 and . _ : -"
+        )
+    return session_id
+
+
+def check_namespace(namespace: str, allowed: Iterable[str] = NAMESPACES) -> str:
+    allowed = tuple(allowed)
+    if namespace not in allowed:
+        if namespace == SESSIONS:
+            raise InvalidArgument(
+                "namespace 'sessions' is used through GetSession/AppendSession/DeleteSession"
+            )
+        raise InvalidArgument(f"unknown namespace {namespace[:64]!r}; expected one of {', '.join(allowed)}")
+    return namespace
+
+
+def _check_ttl(ttl: float | None) -> float | None:
+    if ttl is None or ttl == 0:
+        return None
+    if not math.isfinite(ttl) or ttl < 0:
+        raise InvalidArgument("ttl_seconds must be a positive number of seconds (0 = the default)")
+    return float(ttl)
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+class CacheStore:
+    """Namespaced, fingerprint-checked, LRU-evicted key-value store on one diskcache directory."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        size_limit: int,
+        ttl_content: float = 3600.0,
+        ttl_search: float = 3600.0,
+        ttl_sessions: float = 7 * 86400.0,
+        timeout: float = DB_TIMEOUT_SECONDS,
+    ) -> None:
+        self.directory = Path(directory).resolve()
+        self.size_limit = int(size_limit)
+        self._ttl = {CONTENT: ttl_content, SEARCH: ttl_search, SESSIONS: ttl_sessions}
+        self._timeout = timeout
+        self._cache = diskcache.Cache(
+            directory=str(self.directory),
+            timeout=timeout,
+            size_limit=self.size_limit,
+            eviction_policy="least-recently-used",
+            tag_index=True,
+            # Statistics in diskcache are shared across processes and cost a write per lookup;
+            # ours are per process, in memory.
+            statistics=False,
+        )
+        self._db_path = str(self.directory / DBNAME)
+        self._lock = threading.Lock()
+        self._counters = _Counters()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "CacheStore":
+        return cls(
+            settings.cache_dir,
+            size_limit=settings.cache_size_limit,
+            ttl_content=settings.cache_ttl_content,
+            ttl_search=settings.cache_ttl_search,
+            ttl_sessions=settings.session_ttl,
+        )
+
+    @property
+    def max_entry_bytes(self) -> int:
+        return max(1, self.size_limit // MAX_ENTRY_SHARE)
+
+    def ttl(self, namespace: str) -> float:
+        return self._ttl[namespace]
+
+    def close(self) -> None:
+        """Close this thread's connection; worker threads' connections close when they exit."""
+        self._cache.close()
+
+    # --- counters ------------------------------------------------------------------------------
+
+    def _count(self, namespace: str, hit: bool) -> None:
+        with self._lock:
+            bucket = self._counters.hits if hit else self._counters.misses
+            bucket[namespace] += 1
+
+    # --- content and search --------------------------------------------------------------------
+
+    def get(self, namespace: str, key: str, fingerprint: bytes) -> GetResult:
+        """HIT with the value when the stored fingerprint equals `fingerprint`; else STALE or MISS.
+
+        A STALE entry is deleted, but only if it is still stale under the write lock: another
+        process may have just replaced it with a fresh one, which must survive.
+        """
+        check_namespace(namespace, ENTRY_NAMESPACES)
+        _check_key(key)
+        full = _full_key(namespace, key)
+        raw = self._cache.get(full)
+        if raw is None:
+            self._count(namespace, False)
+            return GetResult(MISS)
+        try:
+            entry = decode_entry(raw)
+        except ValueError:
+            log.warning("dropping an unreadable cache entry", extra={"namespace": namespace})
+            self._cache.delete(full)
+            self._count(namespace, False)
+            return GetResult(MISS)
+        if entry.fingerprint == fingerprint:
+            self._count(namespace, True)
+            return GetResult(HIT, entry.value)
+        with self._cache.transact():
+            again = self._cache.get(full)
+            if again is not None:
+                try:
+                    still_stale = decode_entry(again).fingerprint != fingerprint
+                except ValueError:
+                    still_stale = True
+                if still_stale:
+                    self._cache.delete(full)
+        self._count(namespace, False)
+        return GetResult(STALE)
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        fingerprint: bytes,
+        scopes: Sequence[str] = (),
+        ttl: float | None = None,
+    ) -> bool:
+        """Store an entry; False when it is too large to be worth a place (see MAX_ENTRY_SHARE)."""
+        check_namespace(namespace, ENTRY_NAMESPACES)
+        _check_key(key)
+        if len(scopes) > MAX_SCOPES:
+            raise InvalidArgument(f"at most {MAX_SCOPES} scopes per entry")
+        normal = tuple(dict.fromkeys(normalize_path(s, what="scope") for s in scopes))
+        expire = _check_ttl(ttl) or self._ttl[namespace]
+        data = encode_entry(fingerprint, normal, value)
+        if len(data) > self.max_entry_bytes:
+            return False
+        self._cache.set(_full_key(namespace, key), data, expire=expire, tag=namespace)
+        return True
+
+    def invalidate(self, path_prefix: str) -> int:
+        """Delete every content/search entry with a scope that contains or lies beneath the prefix.
+
+        "" or "." means every entry. Returns how many entries were removed.
+        """
+        prefix = normalize_path(path_prefix, what="path_prefix")
+        doomed = [key for key, scopes in self._scan_scopes() if any(scope_matches(s, prefix) for s in scopes)]
+        removed = 0
+        # Delete in batches, each one transaction: one commit per batch, and writers from other
+        # processes get the lock between batches.
+        for start in range(0, len(doomed), 256):
+            with self._cache.transact():
+                for key in doomed[start : start + 256]:
+                    if self._cache.delete(key):
+                        removed += 1
+        return removed
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def get_session(self, session_id: str) -> Session | None:
+        check_session_id(session_id)
+        raw = self._cache.get(_full_key(SESSIONS, session_id))
+        session = self._decode_session(session_id, raw)
+        self._count(SESSIONS, session is not None)
+        return session
+
+    def append_session(
+        self,
+        session_id: str,
+        messages_json: Sequence[str],
+        max_messages: int = 0,
+        ttl: float | None = None,
+    ) -> Session:
+        """Append messages atomically (read-modify-write under the store's write lock).
+
+        Keeps only the newest `max_messages` (0 keeps all); every append renews the TTL.
+        """
+        check_session_id(session_id)
+        if max_messages < 0:
+            raise InvalidArgument("max_messages must be >= 0 (0 keeps every message)")
+        expire = _check_ttl(ttl) or self._ttl[SESSIONS]
+        full = _full_key(SESSIONS, session_id)
+        with self._cache.transact():
+            now = time.time()
+            current = self._decode_session(session_id, self._cache.get(full))
+            messages = list(current.messages) if current else []
+            messages.extend(messages_json)
+            if max_messages and len(messages) > max_messages:
+                messages = messages[-max_messages:]
+            session = Session(session_id, messages, current.created if current else now, now)
+            body = {"created": session.created, "updated": session.updated, "messages": messages}
+            self._cache.set(
+                full, json.dumps(body, ensure_ascii=False).encode("utf-8"), expire=expire, tag=SESSIONS
+            )
+        return session
+
+    def delete_session(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        return bool(self._cache.delete(_full_key(SESSIONS, session_id)))
+
+    @staticmethod
+    def _decode_session(session_id: str, raw: bytes | None) -> Session | None:
+        if raw is None:
+            return None
+        try:
+            body = json.loads(raw)
+            return Session(
+                session_id, [str(m) for m in body["messages"]], float(body["created"]), float(body["updated"])
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable session record treated as absent")
+            return None
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    def clear(self, namespace: str | None = None) -> int:
+        """Remove every entry of one namespace, or of the whole store; returns how many."""
+        if namespace:
+            check_namespace(namespace)
+            return int(self._cache.evict(namespace))
+        return int(self._cache.clear())
+
+    def stats(self) -> Stats:
+        """Live entries and bytes per namespace, hits/misses since start, volume and limit.
+
+        Aggregates come from one read-only SQL query on diskcache's own `Cache` table (its schema
+        is stable across diskcache 5.x: key, tag, size, value, expire_time): diskcache has no
+        per-tag count. `bytes` is the key plus the value, inline or in its file (`size`).
+        Cost is one pass over the table; callers use it per scrape or on request, never per Get.
+        """
+        now = time.time()
+        per_ns = {ns: (0, 0) for ns in NAMESPACES}
+        with self._reader() as con:
+            rows = con.execute(
+                "SELECT tag, COUNT(*),"
+                " COALESCE(SUM(size + COALESCE(length(value), 0) + length(key)), 0)"
+                " FROM Cache WHERE tag IN (?, ?, ?)"
+                " AND (expire_time IS NULL OR expire_time > ?) GROUP BY tag",
+                (*NAMESPACES, now),
+            ).fetchall()
+            for tag, count, size in rows:
+                per_ns[tag] = (int(count), int(size))
+            volume = self._volume(con)
+        with self._lock:
+            hits = dict(self._counters.hits)
+            misses = dict(self._counters.misses)
+        total_hits, total_misses = sum(hits.values()), sum(misses.values())
+        lookups = total_hits + total_misses
+        return Stats(
+            namespaces=[
+                NamespaceStats(ns, per_ns[ns][0], per_ns[ns][1], hits[ns], misses[ns]) for ns in NAMESPACES
+            ],
+            size_limit=self.size_limit,
+            volume=volume,
+            hit_ratio=(total_hits / lookups) if lookups else 0.0,
+            directory=str(self.directory),
+        )
+
+    def volume(self) -> int:
+        with self._reader() as con:
+            return self._volume(con)
+
+    @staticmethod
+    def _volume(con: sqlite3.Connection) -> int:
+        # The same figure diskcache's Cache.volume() compares with size_limit: database pages
+        # plus the bytes of values kept in files.
+        (pages,) = con.execute("PRAGMA page_count").fetchone()
+        (page_size,) = con.execute("PRAGMA page_size").fetchone()
+        row = con.execute("SELECT value FROM Settings WHERE key = 'size'").fetchone()
+        return int(pages) * int(page_size) + int(row[0] if row else 0)
+
+    def _reader(self) -> "closing[sqlite3.Connection]":
+        """A short-lived read-only connection of our own, usable from any thread.
+
+        Used for scans and aggregates so they never go through (and never bump the LRU clock of)
+        diskcache's per-thread connections. WAL mode: readers do not block writers.
+        """
+        con = sqlite3.connect(self._db_path, timeout=self._timeout, isolation_level=None)
+        con.execute("PRAGMA query_only = 1")
+        return closing(con)
+
+    def _scan_scopes(self) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """(diskcache key, scopes) of every content/search entry, reading only each entry's head."""
+        with self._reader() as con:
+            # Iterate the cursor (one read snapshot, WAL: writers carry on) rather than fetchall:
+            # memory stays bounded by one row however large the store is.
+            rows = con.execute(
+                "SELECT key, filename, substr(value, 1, ?) FROM Cache"
+                " WHERE tag IN (?, ?) AND raw = 1",
+                (_HEAD_BYTES, *ENTRY_NAMESPACES),
+            )
+            for key, filename, head in rows:
+                try:
+                    scopes = self._scopes_of(con, key, filename, head)
+                except (OSError, ValueError):
+                    continue  # vanished meanwhile, or not ours: nothing to invalidate
+                if scopes is not None:
+                    yield key, scopes
+
+    def _scopes_of(
+        self, con: sqlite3.Connection, key: str, filename: str | None, head: bytes | None
+    ) -> tuple[str, ...] | None:
+        if filename is not None:
+            with open(self.directory / filename, "rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+                parsed = _scopes_from_head(head)
+                if isinstance(parsed, int):
+                    head += fh.read(parsed - len(head))
+                    parsed = _scopes_from_head(head)
+        else:
+            if head is None:
+                return None
+            parsed = _scopes_from_head(bytes(head))
+            if isinstance(parsed, int):
+                row = con.execute(
+                    "SELECT substr(value, 1, ?) FROM Cache WHERE key = ? AND raw = 1", (parsed, key)
+                ).fetchone()
+                if row is None or row[0] is None:
+                    return None
+                parsed = _scopes_from_head(bytes(row[0]))
+        return parsed if isinstance(parsed, tuple) else None
