@@ -62,7 +62,7 @@ def test_session_keeps_history(client: httpx.Client) -> None:
     assert second.status_code == 200 and second.json()["session_id"] == session
     history = client.get(f"/api/chat/sessions/{session}/history")
     assert history.status_code == 200
-    messages = history.json()["messages"]
+    messages = history.json()
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
     assert "vacation" in messages[0]["content"]
     assert client.delete(f"/api/chat/sessions/{session}").status_code in (200, 204)

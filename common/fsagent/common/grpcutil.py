@@ -7,6 +7,7 @@ log, never to the caller).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Awaitable, Callable, Iterable
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fsagent.common import metrics, propagation
 
 log = logging.getLogger(__name__)
+_PENDING: set[asyncio.Future[None]] = set()
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -174,6 +176,20 @@ class _ClientBase:
             details.credentials, details.wait_for_ready,
         )
 
+    @classmethod
+    def _record_when_done(cls, call: Any, method: str | bytes, started: float) -> None:
+        # In grpc.aio a finished call still reports its status through a coroutine.
+        async def status() -> None:
+            try:
+                name = (await call.code()).name
+            except BaseException:  # noqa: BLE001 - a cancelled call may not report a code
+                name = "CANCELLED"
+            cls._record(method, started, name)
+
+        task = asyncio.ensure_future(status())
+        _PENDING.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_PENDING.discard)
+
     @staticmethod
     def _record(method: str | bytes, started: float, code: str) -> None:
         if isinstance(method, bytes):
@@ -203,15 +219,7 @@ class UnaryStreamClientInterceptor(_ClientBase, grpc.aio.UnaryStreamClientInterc
         call = await continuation(self._details(client_call_details), request)
         method = client_call_details.method
 
-        def done(c: Any) -> None:
-            try:
-                code = c.code()
-                name = code.name if hasattr(code, "name") else "UNKNOWN"
-            except Exception:  # noqa: BLE001 - cancelled calls may not report a code
-                name = "CANCELLED"
-            self._record(method, started, name)
-
-        call.add_done_callback(done)
+        call.add_done_callback(lambda c: self._record_when_done(c, method, started))
         return call
 
 
@@ -221,14 +229,7 @@ class StreamUnaryClientInterceptor(_ClientBase, grpc.aio.StreamUnaryClientInterc
         call = await continuation(self._details(client_call_details), request_iterator)
         method = client_call_details.method
 
-        def done(c: Any) -> None:
-            try:
-                name = c.code().name
-            except Exception:  # noqa: BLE001
-                name = "CANCELLED"
-            self._record(method, started, name)
-
-        call.add_done_callback(done)
+        call.add_done_callback(lambda c: self._record_when_done(c, method, started))
         return call
 
 

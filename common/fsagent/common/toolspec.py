@@ -37,9 +37,11 @@ _MAX_ECHO = 200
 class ToolArgumentError(ValueError):
     """A call the sandbox refuses before running anything; `message` is meant for the model."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, unknown_fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message = message
+        # Parameters the tool does not have (the model tried an option we don't offer).
+        self.unknown_fields = unknown_fields
 
 
 def _check_path(value: str) -> str:
@@ -384,4 +386,8 @@ def parse_arguments(tool: str, arguments_json: str | bytes | dict[str, Any] | No
     try:
         return spec.model.model_validate(data)
     except ValidationError as exc:
-        raise ToolArgumentError(_summarise(tool, spec.model, exc)) from None
+        unknown = tuple(
+            _short(str(e["loc"][0]), 40) for e in exc.errors(include_url=False, include_input=False)
+            if e.get("type") == "extra_forbidden" and e.get("loc")
+        )
+        raise ToolArgumentError(_summarise(tool, spec.model, exc), unknown) from None

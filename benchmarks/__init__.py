@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers (not pass/fail tests). Run all with `make bench`."""

@@ -1,0 +1,3 @@
+from fsagent.agent.main import main
+
+main()

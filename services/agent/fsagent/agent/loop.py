@@ -1,0 +1,266 @@
+"""The agentic loop: one async generator of `ChatEvent`s, used by Chat (which keeps the last event)
+and ChatStream (which forwards every event).
+
+    load the session -> [status -> LLM call -> (tokens) -> tool_call... -> tool batch -> tool_result...]
+    ... at most FSAGENT_MAX_ITERATIONS model calls -> save the session -> done
+
+The LLM call (`_call_llm`) and the tool batch (`_run_tools`) each live in one method so a tracer
+can wrap them. LLM failures end the turn with an `error` event (code `llm_<reason>`); sandbox and
+cache failures never do: a failed tool call is shown to the model, a cache outage only costs the
+session history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+
+from fsagent.agent import metrics
+from fsagent.agent.llm.base import AssistantTurn, LLMError, LLMProvider, Message, StreamDelta, Tool, ToolCallRequest, Usage
+from fsagent.agent.orchestrator import ToolOrchestrator, ToolRun
+from fsagent.agent.prompt import SYSTEM_PROMPT
+from fsagent.common import propagation
+from fsagent.common.metrics import exemplar
+from fsagent.common.settings import Settings
+from fsagent.v1 import agent_pb2, cache_pb2, cache_pb2_grpc, sandbox_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SESSION_TIMEOUT = 2.0  # seconds for one session call to the cache
+HISTORY_ROLES = ("user", "assistant")
+
+
+def default_tools() -> list[Tool]:
+    from fsagent.common.toolspec import openai_tools
+
+    return openai_tools()
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def history_message(raw: str) -> Message | None:
+    """A stored session message as a clean chat message for the model (None if unusable)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("role") not in HISTORY_ROLES:
+        return None
+    content = data.get("content")
+    if not isinstance(content, str):
+        return None
+    return {"role": data["role"], "content": content}
+
+
+@dataclass(slots=True)
+class _TurnState:
+    usage: Usage = field(default_factory=Usage)
+    iterations: int = 0
+    tool_calls: list[agent_pb2.ToolCall] = field(default_factory=list)
+    tool_results: list[agent_pb2.ToolResult] = field(default_factory=list)
+    model: str = ""
+
+
+class Agent:
+    """Holds the long-lived pieces (model, stubs, tool schema) and runs chat turns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        llm: LLMProvider,
+        sandbox: sandbox_pb2_grpc.SandboxStub,
+        cache: cache_pb2_grpc.CacheStub,
+        tools: list[Tool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.cache = cache
+        self.tools = default_tools() if tools is None else tools
+        names = [tool["function"]["name"] for tool in self.tools]
+        self.orchestrator = ToolOrchestrator(sandbox, settings, names)
+        metrics.initialise(llm.provider, llm.model, names)
+
+    # --- one chat turn -----------------------------------------------------------------------
+
+    async def run(
+        self, message: str, session_id: str = "", user_id: str = "", *, stream: bool = False
+    ) -> AsyncIterator[agent_pb2.ChatEvent]:
+        """Every event of one turn; the last one is `done` or `error`. `user_id` is for tracing."""
+        session_id = session_id or new_session_id()
+        state = _TurnState(model=self.llm.model)
+        status: str | None = None
+        started = time.perf_counter()
+        metrics.AGENT_CHATS_IN_PROGRESS.inc()
+
+        def event(**kwargs: Any) -> agent_pb2.ChatEvent:
+            return agent_pb2.ChatEvent(session_id=session_id, **kwargs)
+
+        try:
+            history = await self._load_history(session_id)
+            messages: list[Message] = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                *history,
+                {"role": "user", "content": message},
+            ]
+            answer, outcome = "", metrics.MAX_ITERATIONS
+            for iteration in range(1, self.settings.max_iterations + 1):
+                state.iterations = iteration
+                yield event(status=agent_pb2.StatusEvent(message="thinking", iteration=iteration))
+                turn: AssistantTurn | None = None
+                async for item in self._call_llm(messages, stream=stream, iteration=iteration):
+                    if isinstance(item, StreamDelta):
+                        yield event(token=agent_pb2.TokenEvent(text=item.text))
+                    else:
+                        turn = item
+                assert turn is not None  # providers always end with the turn
+                state.usage.add(turn.usage)
+                state.model = turn.model or state.model
+                if not turn.tool_calls:
+                    answer = turn.content or "(the model returned an empty answer)"
+                    outcome = metrics.COMPLETED
+                    break
+                if iteration == self.settings.max_iterations:
+                    break  # no model call left to read the results: do not run the tools
+                messages.append(turn.to_message())
+                for call in turn.tool_calls:
+                    proto_call = agent_pb2.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
+                    state.tool_calls.append(proto_call)
+                    yield event(tool_call=proto_call)
+                runs = await self._run_tools(turn.tool_calls, iteration=iteration)
+                for run in runs:
+                    result = run.to_result()
+                    state.tool_results.append(result)
+                    messages.append(run.to_message())
+                    yield event(tool_result=result)
+            if outcome == metrics.MAX_ITERATIONS:
+                answer = (
+                    f"I stopped after {self.settings.max_iterations} model calls (the limit per question) "
+                    "before reaching a final answer. Try a narrower question, or ask again to continue."
+                )
+            await self._save(session_id, message, answer, state, outcome)
+            status = outcome
+            yield event(done=self._response(session_id, answer, state, outcome))
+        except LLMError as exc:
+            status = metrics.ERROR
+            log.warning("llm call failed", extra={"code": exc.code, "reason": exc.message})
+            yield event(error=agent_pb2.ErrorEvent(code=f"llm_{exc.code}", message=exc.message))
+        except (asyncio.CancelledError, GeneratorExit):
+            status = status or metrics.CANCELLED
+            raise
+        except Exception:
+            status = metrics.ERROR
+            log.exception("chat turn failed")
+            yield event(error=agent_pb2.ErrorEvent(code="internal", message="internal error"))
+        finally:
+            final = status or metrics.CANCELLED
+            metrics.AGENT_CHATS_IN_PROGRESS.dec()
+            metrics.AGENT_COMPLETIONS.labels(final).inc()
+            metrics.AGENT_EXECUTION_DURATION.labels(final).observe(
+                time.perf_counter() - started, exemplar=exemplar()
+            )
+            if state.iterations:
+                metrics.AGENT_ITERATIONS.observe(state.iterations)
+
+    def _response(self, session_id: str, answer: str, state: _TurnState, status: str) -> agent_pb2.ChatResponse:
+        return agent_pb2.ChatResponse(
+            response=answer,
+            session_id=session_id,
+            tool_calls=state.tool_calls,
+            tool_results=state.tool_results,
+            iterations=state.iterations,
+            usage=agent_pb2.Usage(input_tokens=state.usage.input_tokens, output_tokens=state.usage.output_tokens),
+            trace_id=propagation.current_trace_id() or "",
+            model=state.model,
+            status=status,
+        )
+
+    # --- the two steps a tracer wraps --------------------------------------------------------
+
+    async def _call_llm(
+        self, messages: list[Message], *, stream: bool, iteration: int
+    ) -> AsyncIterator[StreamDelta | AssistantTurn]:
+        """One model call: text deltas (when streaming), then the AssistantTurn."""
+        provider, model = self.llm.provider, self.llm.model
+        started = time.perf_counter()
+        outcome = "cancelled"
+        try:
+            if stream:
+                async for item in self.llm.stream(messages, self.tools):
+                    if isinstance(item, AssistantTurn):
+                        turn = item
+                    yield item
+            else:
+                turn = await self.llm.complete(messages, self.tools)
+                yield turn
+            outcome = "success"
+        except LLMError as exc:
+            outcome = exc.code
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            metrics.LLM_CALLS.labels(provider, model, outcome).inc()
+            metrics.LLM_CALL_DURATION.labels(provider, model).observe(
+                time.perf_counter() - started, exemplar=exemplar()
+            )
+        for kind, tokens in (("input", turn.usage.input_tokens), ("output", turn.usage.output_tokens)):
+            metrics.LLM_TOKENS.labels(provider, model, kind).inc(tokens)
+            metrics.LLM_TOKENS_PER_REQUEST.labels(kind).observe(tokens)
+
+    async def _run_tools(self, calls: Sequence[ToolCallRequest], *, iteration: int) -> list[ToolRun]:
+        """One batch of tool calls from one model turn (concurrent, results in request order)."""
+        return await self.orchestrator.run_batch(calls)
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def _load_history(self, session_id: str) -> list[Message]:
+        try:
+            record = await self.cache.GetSession(
+                cache_pb2.GetSessionRequest(session_id=session_id), timeout=SESSION_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            metrics.SESSION_ERRORS.labels("load").inc()
+            log.warning("session history unavailable; answering without it", extra={"grpc_code": exc.code().name})
+            return []
+        return [m for m in (history_message(raw) for raw in record.messages_json) if m is not None]
+
+    async def _save(self, session_id: str, question: str, answer: str, state: _TurnState, status: str) -> None:
+        user = {"role": "user", "content": question}
+        assistant = {
+            "role": "assistant",
+            "content": answer,
+            # Not part of the chat format (the model only ever sees role and content): for clients.
+            "fsagent": {
+                "status": status,
+                "model": state.model,
+                "iterations": state.iterations,
+                "tool_calls": [{"name": c.name, "arguments": c.arguments_json} for c in state.tool_calls],
+                "trace_id": propagation.current_trace_id() or "",
+                "created": time.time(),
+            },
+        }
+        try:
+            record = await self.cache.AppendSession(
+                cache_pb2.AppendSessionRequest(
+                    session_id=session_id,
+                    messages_json=[json.dumps(user, ensure_ascii=False), json.dumps(assistant, ensure_ascii=False)],
+                    max_messages=self.settings.session_max_messages,
+                    ttl_seconds=self.settings.session_ttl,
+                ),
+                timeout=SESSION_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            metrics.SESSION_ERRORS.labels("save").inc()
+            log.warning("session not saved", extra={"grpc_code": exc.code().name})
+            return
+        metrics.SESSION_MESSAGES.observe(len(record.messages_json))

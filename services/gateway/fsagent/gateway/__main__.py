@@ -1,0 +1,3 @@
+from fsagent.gateway.main import main
+
+main()

@@ -1,0 +1,265 @@
+"""Chat with the agent, as one JSON reply or as Server-Sent Events, and manage sessions."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Iterable
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse
+
+from fsagent.common import propagation
+from fsagent.gateway import sse
+from fsagent.gateway.clients import UNARY_TIMEOUT, AgentDep, SettingsDep
+from fsagent.gateway.errors import ApiError
+from fsagent.gateway.metrics import InstrumentedRoute
+from fsagent.v1 import agent_pb2
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=InstrumentedRoute)
+
+
+# --- models (they document the API; replies are built straight from the protobuf messages) ----
+
+class ChatRequest(BaseModel):
+    message: str = Field(
+        min_length=1, description="The question (at most FSAGENT_MAX_MESSAGE_CHARS characters)."
+    )
+    session_id: str | None = Field(
+        None, pattern=SESSION_ID_PATTERN, description="Continue this session; omit to start one."
+    )
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any] | str = Field(
+        description="The parsed JSON object, or the raw string when it is not one."
+    )
+
+
+class ToolOutcome(BaseModel):
+    success: bool
+    stdout: str
+    stderr: str
+    return_code: int
+    command: str
+    error: str
+    cached: bool
+    truncated: bool
+    duration: float = Field(description="Seconds.")
+
+
+class ToolResult(BaseModel):
+    tool_call_id: str
+    tool_name: str
+    result: ToolOutcome
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class ChatReply(BaseModel):
+    response: str
+    session_id: str
+    tool_calls: list[ToolCall]
+    tool_results: list[ToolResult]
+    iterations: int
+    usage: Usage
+    trace_id: str = Field(description="W3C trace id; also the Langfuse trace id.")
+    model: str
+
+
+class SessionMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | None = None
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    created: float = Field(description="Unix seconds.")
+    updated: float = Field(description="Unix seconds.")
+    message_count: int
+    messages: list[SessionMessage]
+
+
+class SessionDeleted(BaseModel):
+    session_id: str
+    deleted: bool
+
+
+# --- protobuf -> JSON ------------------------------------------------------------------------
+
+def _arguments(raw: str) -> dict[str, Any] | str:
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return raw
+    return parsed if isinstance(parsed, dict) else raw
+
+
+def tool_call_json(call: agent_pb2.ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "name": call.name, "arguments": _arguments(call.arguments_json)}
+
+
+def tool_result_json(result: agent_pb2.ToolResult) -> dict[str, Any]:
+    r = result.result
+    return {
+        "tool_call_id": result.tool_call_id,
+        "tool_name": result.tool_name,
+        "result": {
+            "success": r.success, "stdout": r.stdout, "stderr": r.stderr,
+            "return_code": r.return_code, "command": r.command, "error": r.error,
+            "cached": r.cached, "truncated": r.truncated, "duration": r.duration_seconds,
+        },
+    }
+
+
+def chat_json(reply: agent_pb2.ChatResponse) -> dict[str, Any]:
+    return {
+        "response": reply.response,
+        "session_id": reply.session_id,
+        "tool_calls": [tool_call_json(c) for c in reply.tool_calls],
+        "tool_results": [tool_result_json(r) for r in reply.tool_results],
+        "iterations": reply.iterations,
+        "usage": {
+            "input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens
+        },
+        "trace_id": reply.trace_id or propagation.current_trace_id() or "",
+        "model": reply.model,
+    }
+
+
+def _message_json(message: agent_pb2.SessionMessage) -> dict[str, Any]:
+    try:
+        full = json.loads(message.json) if message.json else None
+    except ValueError:
+        full = None
+    out = full if isinstance(full, dict) else {}
+    out["role"] = message.role
+    out.setdefault("content", message.content)
+    return out
+
+
+# --- dependencies ----------------------------------------------------------------------------
+
+def chat_request(
+    body: ChatRequest, request: Request, settings: SettingsDep
+) -> agent_pb2.ChatRequest:
+    """The validated request as the agent's message (the length limit comes from the settings)."""
+    limit = settings.max_message_chars
+    if len(body.message) > limit:
+        raise RequestValidationError([{
+            "loc": ("body", "message"), "type": "string_too_long",
+            "msg": f"String should have at most {limit} characters",
+        }])
+    return agent_pb2.ChatRequest(
+        message=body.message,
+        session_id=body.session_id or "",
+        user_id=getattr(request.state, "user_id", ""),
+    )
+
+
+ChatRequestDep = Annotated[agent_pb2.ChatRequest, Depends(chat_request)]
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+@router.post("", response_model=ChatReply, summary="Ask a question and wait for the answer")
+async def chat(req: ChatRequestDep, agent: AgentDep, settings: SettingsDep) -> JSONResponse:
+    reply = await agent.Chat(req, timeout=settings.chat_timeout)
+    return JSONResponse(chat_json(reply))
+
+
+def _chat_events(event: agent_pb2.ChatEvent, session: list[str]) -> Iterable[sse.Event]:
+    if event.session_id:
+        session[0] = event.session_id
+    sid = {"session_id": session[0]}
+    kind = event.WhichOneof("event")
+    if kind == "status":
+        status = event.status
+        yield "status", {**sid, "message": status.message, "iteration": status.iteration}
+    elif kind == "token":
+        yield "token", {**sid, "text": event.token.text}
+    elif kind == "tool_call":
+        yield "tool_call", {**sid, **tool_call_json(event.tool_call)}
+    elif kind == "tool_result":
+        yield "tool_result", {**sid, **tool_result_json(event.tool_result)}
+    elif kind == "done":
+        done = chat_json(event.done)
+        done["session_id"] = done["session_id"] or session[0]
+        yield "done", done
+    elif kind == "error":
+        yield "error", {**sid, "code": event.error.code, "message": event.error.message}
+
+
+@router.post(
+    "/stream",
+    summary="Ask a question and follow the work as Server-Sent Events",
+    response_class=EventSourceResponse,
+    responses={200: {
+        "content": {"text/event-stream": {}},
+        "description": "Events `status`, `token`, `tool_call`, `tool_result`, then `done` (the full "
+        "chat reply) or `error`; every event's data is a JSON object with `session_id`.",
+    }},
+)
+async def chat_stream(
+    req: ChatRequestDep, agent: AgentDep, settings: SettingsDep
+) -> EventSourceResponse:
+    session = [req.session_id]
+    call = agent.ChatStream(req, timeout=settings.chat_timeout)
+    return await sse.stream_response(
+        call,
+        upstream="agent",
+        shutdown_grace=settings.shutdown_grace,
+        render=lambda event: _chat_events(event, session),
+        error_extra=lambda: {"session_id": session[0]},
+    )
+
+
+async def _existing_session(session_id: str, agent: AgentDep) -> agent_pb2.AgentSession:
+    request = agent_pb2.AgentSessionRequest(session_id=session_id)
+    session = await agent.GetSession(request, timeout=UNARY_TIMEOUT)
+    if not session.exists:
+        raise ApiError(404, "not_found", f"session {session_id} not found")
+    return session
+
+
+@router.get(
+    "/sessions/{session_id}", response_model=SessionInfo, summary="A session and its messages"
+)
+async def get_session(session_id: SessionId, agent: AgentDep) -> dict[str, Any]:
+    session = await _existing_session(session_id, agent)
+    return {
+        "session_id": session.session_id or session_id,
+        "created": session.created,
+        "updated": session.updated,
+        "message_count": len(session.messages),
+        "messages": [_message_json(msg) for msg in session.messages],
+    }
+
+
+@router.get(
+    "/sessions/{session_id}/history", response_model=list[SessionMessage],
+    summary="A session's messages, oldest first",
+)
+async def get_history(session_id: SessionId, agent: AgentDep) -> list[dict[str, Any]]:
+    session = await _existing_session(session_id, agent)
+    return [_message_json(msg) for msg in session.messages]
+
+
+@router.delete("/sessions/{session_id}", response_model=SessionDeleted, summary="Forget a session")
+async def delete_session(session_id: SessionId, agent: AgentDep) -> dict[str, Any]:
+    request = agent_pb2.AgentSessionRequest(session_id=session_id)
+    reply = await agent.ClearSession(request, timeout=UNARY_TIMEOUT)
+    if not reply.deleted:
+        raise ApiError(404, "not_found", f"session {session_id} not found")
+    return {"session_id": session_id, "deleted": True}
