@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fsagent.common import metrics, propagation
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("fsagent.access")
 _PENDING: set[asyncio.Future[None]] = set()
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -84,9 +85,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = "CANCELLED"
             else:
                 code = "INTERNAL"
+            elapsed = time.perf_counter() - started
             metrics.GRPC_SERVER_HANDLED.labels(service, method, code).inc()
-            metrics.GRPC_SERVER_HANDLING.labels(service, method).observe(
-                time.perf_counter() - started, exemplar=metrics.exemplar()
+            metrics.GRPC_SERVER_HANDLING.labels(service, method).observe(elapsed, exemplar=metrics.exemplar())
+            # One access line per call, carrying the trace id like every other line.
+            access_log.info(
+                "rpc", extra={"grpc_method": f"{service}/{method}", "grpc_code": code,
+                              "duration_ms": round(elapsed * 1000, 3)},
             )
 
         async def internal(context: grpc.aio.ServicerContext, exc: Exception) -> None:

@@ -26,6 +26,7 @@ from fsagent.agent import metrics
 from fsagent.agent.llm.base import AssistantTurn, LLMError, LLMProvider, Message, StreamDelta, Tool, ToolCallRequest, Usage
 from fsagent.agent.orchestrator import ToolOrchestrator, ToolRun
 from fsagent.agent.prompt import SYSTEM_PROMPT
+from fsagent.agent.tracing import AgentTracer
 from fsagent.common import propagation
 from fsagent.common.metrics import exemplar
 from fsagent.common.settings import Settings
@@ -80,13 +81,15 @@ class Agent:
         sandbox: sandbox_pb2_grpc.SandboxStub,
         cache: cache_pb2_grpc.CacheStub,
         tools: list[Tool] | None = None,
+        tracer: AgentTracer | None = None,
     ) -> None:
         self.settings = settings
+        self.tracer = tracer or AgentTracer(settings)
         self.llm = llm
         self.cache = cache
         self.tools = default_tools() if tools is None else tools
         names = [tool["function"]["name"] for tool in self.tools]
-        self.orchestrator = ToolOrchestrator(sandbox, settings, names)
+        self.orchestrator = ToolOrchestrator(sandbox, settings, names, self.tracer)
         metrics.initialise(llm.provider, llm.model, names)
 
     # --- one chat turn -----------------------------------------------------------------------
@@ -100,75 +103,91 @@ class Agent:
         status: str | None = None
         started = time.perf_counter()
         metrics.AGENT_CHATS_IN_PROGRESS.inc()
+        trace = propagation.current()
 
         def event(**kwargs: Any) -> agent_pb2.ChatEvent:
             return agent_pb2.ChatEvent(session_id=session_id, **kwargs)
 
-        try:
-            history = await self._load_history(session_id)
-            messages: list[Message] = [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                *history,
-                {"role": "user", "content": message},
-            ]
-            answer, outcome = "", metrics.MAX_ITERATIONS
-            for iteration in range(1, self.settings.max_iterations + 1):
-                state.iterations = iteration
-                yield event(status=agent_pb2.StatusEvent(message="thinking", iteration=iteration))
-                turn: AssistantTurn | None = None
-                async for item in self._call_llm(messages, stream=stream, iteration=iteration):
-                    if isinstance(item, StreamDelta):
-                        yield event(token=agent_pb2.TokenEvent(text=item.text))
-                    else:
-                        turn = item
-                assert turn is not None  # providers always end with the turn
-                state.usage.add(turn.usage)
-                state.model = turn.model or state.model
-                if not turn.tool_calls:
-                    answer = turn.content or "(the model returned an empty answer)"
-                    outcome = metrics.COMPLETED
-                    break
-                if iteration == self.settings.max_iterations:
-                    break  # no model call left to read the results: do not run the tools
-                messages.append(turn.to_message())
-                for call in turn.tool_calls:
-                    proto_call = agent_pb2.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
-                    state.tool_calls.append(proto_call)
-                    yield event(tool_call=proto_call)
-                runs = await self._run_tools(turn.tool_calls, iteration=iteration)
-                for run in runs:
-                    result = run.to_result()
-                    state.tool_results.append(result)
-                    messages.append(run.to_message())
-                    yield event(tool_result=result)
-            if outcome == metrics.MAX_ITERATIONS:
-                answer = (
-                    f"I stopped after {self.settings.max_iterations} model calls (the limit per question) "
-                    "before reaching a final answer. Try a narrower question, or ask again to continue."
+        with self.tracer.turn(
+            trace_id=trace.trace_id if trace else None,
+            parent_span_id=trace.span_id if trace else None,
+            session_id=session_id, user_id=user_id, message=message, model=self.llm.model,
+        ) as root:
+            try:
+                history = await self._load_history(session_id)
+                messages: list[Message] = [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    *history,
+                    {"role": "user", "content": message},
+                ]
+                answer, outcome = "", metrics.MAX_ITERATIONS
+                for iteration in range(1, self.settings.max_iterations + 1):
+                    state.iterations = iteration
+                    yield event(status=agent_pb2.StatusEvent(message="thinking", iteration=iteration))
+                    with self.tracer.iteration(iteration):
+                        turn: AssistantTurn | None = None
+                        async for item in self._call_llm(messages, stream=stream, iteration=iteration):
+                            if isinstance(item, StreamDelta):
+                                yield event(token=agent_pb2.TokenEvent(text=item.text))
+                            else:
+                                turn = item
+                        assert turn is not None  # providers always end with the turn
+                        state.usage.add(turn.usage)
+                        state.model = turn.model or state.model
+                        if not turn.tool_calls:
+                            answer = turn.content or "(the model returned an empty answer)"
+                            outcome = metrics.COMPLETED
+                            break
+                        if iteration == self.settings.max_iterations:
+                            break  # no model call left to read the results: do not run the tools
+                        messages.append(turn.to_message())
+                        for call in turn.tool_calls:
+                            proto_call = agent_pb2.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
+                            state.tool_calls.append(proto_call)
+                            yield event(tool_call=proto_call)
+                        runs = await self._run_tools(turn.tool_calls, iteration=iteration)
+                        for run in runs:
+                            result = run.to_result()
+                            state.tool_results.append(result)
+                            messages.append(run.to_message())
+                            yield event(tool_result=result)
+                if outcome == metrics.MAX_ITERATIONS:
+                    answer = (
+                        f"I stopped after {self.settings.max_iterations} model calls (the limit per question) "
+                        "before reaching a final answer. Try a narrower question, or ask again to continue."
+                    )
+                await self._save(session_id, message, answer, state, outcome)
+                status = outcome
+                root.update(
+                    output=answer,
+                    metadata={"status": outcome, "iterations": state.iterations, "model": state.model,
+                              "tool_calls": len(state.tool_calls), "input_tokens": state.usage.input_tokens,
+                              "output_tokens": state.usage.output_tokens},
+                    **({"level": "WARNING", "status_message": "max_iterations"} if outcome == metrics.MAX_ITERATIONS else {}),
                 )
-            await self._save(session_id, message, answer, state, outcome)
-            status = outcome
-            yield event(done=self._response(session_id, answer, state, outcome))
-        except LLMError as exc:
-            status = metrics.ERROR
-            log.warning("llm call failed", extra={"code": exc.code, "reason": exc.message})
-            yield event(error=agent_pb2.ErrorEvent(code=f"llm_{exc.code}", message=exc.message))
-        except (asyncio.CancelledError, GeneratorExit):
-            status = status or metrics.CANCELLED
-            raise
-        except Exception:
-            status = metrics.ERROR
-            log.exception("chat turn failed")
-            yield event(error=agent_pb2.ErrorEvent(code="internal", message="internal error"))
-        finally:
-            final = status or metrics.CANCELLED
-            metrics.AGENT_CHATS_IN_PROGRESS.dec()
-            metrics.AGENT_COMPLETIONS.labels(final).inc()
-            metrics.AGENT_EXECUTION_DURATION.labels(final).observe(
-                time.perf_counter() - started, exemplar=exemplar()
-            )
-            if state.iterations:
-                metrics.AGENT_ITERATIONS.observe(state.iterations)
+                yield event(done=self._response(session_id, answer, state, outcome))
+            except LLMError as exc:
+                status = metrics.ERROR
+                log.warning("llm call failed", extra={"code": exc.code, "reason": exc.message})
+                root.update(level="ERROR", status_message=f"llm_{exc.code}: {exc.message}")
+                yield event(error=agent_pb2.ErrorEvent(code=f"llm_{exc.code}", message=exc.message))
+            except (asyncio.CancelledError, GeneratorExit):
+                status = status or metrics.CANCELLED
+                raise
+            except Exception:
+                status = metrics.ERROR
+                log.exception("chat turn failed")
+                root.update(level="ERROR", status_message="internal error")
+                yield event(error=agent_pb2.ErrorEvent(code="internal", message="internal error"))
+            finally:
+                final = status or metrics.CANCELLED
+                metrics.AGENT_CHATS_IN_PROGRESS.dec()
+                metrics.AGENT_COMPLETIONS.labels(final).inc()
+                metrics.AGENT_EXECUTION_DURATION.labels(final).observe(
+                    time.perf_counter() - started, exemplar=exemplar()
+                )
+                if state.iterations:
+                    metrics.AGENT_ITERATIONS.observe(state.iterations)
 
     def _response(self, session_id: str, answer: str, state: _TurnState, status: str) -> agent_pb2.ChatResponse:
         return agent_pb2.ChatResponse(
@@ -192,6 +211,8 @@ class Agent:
         provider, model = self.llm.provider, self.llm.model
         started = time.perf_counter()
         outcome = "cancelled"
+        generation = self.tracer.generation(model=model, provider=provider, messages=messages)
+        observation = generation.__enter__()
         try:
             if stream:
                 async for item in self.llm.stream(messages, self.tools):
@@ -208,14 +229,41 @@ class Agent:
         except Exception:
             outcome = "error"
             raise
+        except BaseException as exc:
+            if outcome == "cancelled":
+                observation.update(level="WARNING", status_message="cancelled")
+            else:
+                observation.update(level="ERROR", status_message=str(getattr(exc, "message", "")) or outcome)
+            generation.__exit__(None, None, None)
+            raise
         finally:
             metrics.LLM_CALLS.labels(provider, model, outcome).inc()
             metrics.LLM_CALL_DURATION.labels(provider, model).observe(
                 time.perf_counter() - started, exemplar=exemplar()
             )
+        cost = self._cost(turn.usage)
+        observation.update(
+            output=turn.to_message(),
+            model=turn.model or model,
+            usage_details={"input": turn.usage.input_tokens, "output": turn.usage.output_tokens},
+            **({"cost_details": cost} if cost else {}),
+            metadata={"iteration": iteration, "finish_reason": turn.finish_reason, "tool_calls": len(turn.tool_calls)},
+        )
+        generation.__exit__(None, None, None)
         for kind, tokens in (("input", turn.usage.input_tokens), ("output", turn.usage.output_tokens)):
             metrics.LLM_TOKENS.labels(provider, model, kind).inc(tokens)
             metrics.LLM_TOKENS_PER_REQUEST.labels(kind).observe(tokens)
+        if cost:
+            metrics.LLM_COST.labels(provider, model).inc(cost["total"])
+
+    def _cost(self, usage: Usage) -> dict[str, float] | None:
+        """Cost in USD from the configured prices, or None when no price is set."""
+        input_price, output_price = self.settings.llm_input_cost_per_mtok, self.settings.llm_output_cost_per_mtok
+        if not (input_price or output_price):
+            return None
+        cost_in = usage.input_tokens * input_price / 1e6
+        cost_out = usage.output_tokens * output_price / 1e6
+        return {"input": cost_in, "output": cost_out, "total": cost_in + cost_out}
 
     async def _run_tools(self, calls: Sequence[ToolCallRequest], *, iteration: int) -> list[ToolRun]:
         """One batch of tool calls from one model turn (concurrent, results in request order)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Sequence
 
@@ -11,6 +12,7 @@ from fsagent.agent.llm import build_provider
 from fsagent.agent.llm.openai_provider import ConfigurationError
 from fsagent.agent.loop import Agent
 from fsagent.agent.server import AgentServicer
+from fsagent.agent.tracing import AgentTracer
 from fsagent.common import grpcutil, lifecycle
 from fsagent.common.settings import Settings, get_settings
 from fsagent.v1 import agent_pb2_grpc, cache_pb2_grpc, sandbox_pb2_grpc
@@ -33,8 +35,10 @@ async def serve(settings: Settings) -> None:
     async def setup(server: grpc.aio.Server) -> Sequence[lifecycle.Cleanup]:
         sandbox_channel = grpcutil.channel(settings.sandbox_addr)
         cache_channel = grpcutil.channel(settings.cache_addr)
+        tracer = AgentTracer(settings)
         agent = Agent(
-            settings, llm, sandbox_pb2_grpc.SandboxStub(sandbox_channel), cache_pb2_grpc.CacheStub(cache_channel)
+            settings, llm, sandbox_pb2_grpc.SandboxStub(sandbox_channel), cache_pb2_grpc.CacheStub(cache_channel),
+            tracer=tracer,
         )
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, settings), server)
 
@@ -42,7 +46,11 @@ async def serve(settings: Settings) -> None:
             await sandbox_channel.close()
             await cache_channel.close()
 
-        return [llm.aclose, close_channels]
+        async def flush_traces() -> None:
+            # Bounded: a slow or unreachable Langfuse must not hold the pod past its grace period.
+            await asyncio.to_thread(tracer.shutdown, min(5.0, settings.shutdown_grace))
+
+        return [llm.aclose, close_channels, flush_traces]
 
     _, port = lifecycle.host_port(settings.agent_addr)
     await lifecycle.serve(

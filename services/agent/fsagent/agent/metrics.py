@@ -108,6 +108,14 @@ SESSION_ERRORS = Counter(
 )
 
 
+LLM_COST = Counter(
+    "llm_cost_usd_total",
+    "Estimated model cost in US dollars, from FSAGENT_LLM_*_COST_PER_MTOK (0 when prices are not set).",
+    ["provider", "model"],
+    namespace=NAMESPACE,
+)
+
+
 def initialise(provider: str, model: str, tools: Iterable[str]) -> None:
     """Create every known label set at 0, so dashboards and rates see the series before the first event."""
     for status in (COMPLETED, MAX_ITERATIONS, ERROR, CANCELLED):
@@ -115,6 +123,7 @@ def initialise(provider: str, model: str, tools: Iterable[str]) -> None:
         AGENT_EXECUTION_DURATION.labels(status)
     LLM_CALLS.labels(provider, model, "success")
     LLM_CALL_DURATION.labels(provider, model)
+    LLM_COST.labels(provider, model)
     for kind in ("input", "output"):
         LLM_TOKENS.labels(provider, model, kind)
         LLM_TOKENS_PER_REQUEST.labels(kind)
@@ -126,6 +135,8 @@ def initialise(provider: str, model: str, tools: Iterable[str]) -> None:
         TOOL_BATCHES.labels(mode)
     for operation in ("load", "save"):
         SESSION_ERRORS.labels(operation)
+    for result in ("success", "failure"):
+        LANGFUSE_EXPORT_SPANS.labels(result)
 
 
 # Langfuse export health (used by tracing.py).
@@ -136,7 +147,7 @@ LANGFUSE_ENABLED = Gauge(
 )
 LANGFUSE_EXPORT_SPANS = Counter(
     "langfuse_export_spans_total",
-    "Spans handed to the Langfuse exporter, by outcome (success, failure).",
-    ["outcome"],
+    "Spans handed to the Langfuse exporter, by result (success, failure).",
+    ["result"],
     namespace=NAMESPACE,
 )

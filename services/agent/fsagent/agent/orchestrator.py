@@ -9,6 +9,7 @@ result, never an exception, so the model sees the failure and the loop goes on.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -17,6 +18,7 @@ import grpc
 
 from fsagent.agent import metrics
 from fsagent.agent.llm.base import TOOL_ERROR_PREFIX, ToolCallRequest
+from fsagent.agent.tracing import AgentTracer
 from fsagent.common.metrics import exemplar
 from fsagent.common.settings import Settings
 from fsagent.v1 import agent_pb2, sandbox_pb2, sandbox_pb2_grpc
@@ -61,9 +63,11 @@ def model_content(outcome: agent_pb2.ToolOutcome) -> str:
 
 class ToolOrchestrator:
     def __init__(
-        self, stub: sandbox_pb2_grpc.SandboxStub, settings: Settings, tool_names: Iterable[str]
+        self, stub: sandbox_pb2_grpc.SandboxStub, settings: Settings, tool_names: Iterable[str],
+        tracer: AgentTracer | None = None,
     ) -> None:
         self.stub = stub
+        self.tracer = tracer or AgentTracer(settings)
         self.deadline = settings.tool_timeout + DEADLINE_MARGIN
         self.semaphore = asyncio.Semaphore(settings.max_concurrent_tools)
         self.tool_names = frozenset(tool_names)
@@ -80,6 +84,22 @@ class ToolOrchestrator:
         return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
 
     async def _run_one(self, call: ToolCallRequest) -> ToolRun:
+        with self.tracer.tool(name=call.name, arguments=_arguments(call.arguments_json)) as observation:
+            run = await self._execute(call)
+            outcome = run.outcome
+            observation.update(
+                output=run.content,
+                metadata={
+                    "exit_code": outcome.return_code, "output_bytes": len(outcome.stdout.encode()),
+                    "cached": outcome.cached, "truncated": outcome.truncated,
+                    "duration_seconds": round(outcome.duration_seconds, 6), "command": outcome.command,
+                    **({"block_reason": outcome.error_code} if outcome.error_code else {}),
+                },
+                **({} if outcome.success else {"level": "WARNING", "status_message": outcome.error_code or "error"}),
+            )
+            return run
+
+    async def _execute(self, call: ToolCallRequest) -> ToolRun:
         async with self.semaphore:
             started = time.perf_counter()
             try:
@@ -112,6 +132,13 @@ class ToolOrchestrator:
         metrics.TOOL_EXECUTIONS.labels(label, "success" if outcome.success else "error").inc()
         metrics.TOOL_EXECUTION_DURATION.labels(label).observe(elapsed, exemplar=exemplar())
         return ToolRun(call, outcome)
+
+
+def _arguments(arguments_json: str) -> object:
+    try:
+        return json.loads(arguments_json)
+    except ValueError:
+        return arguments_json
 
 
 def _rpc_reason(exc: grpc.aio.AioRpcError, deadline: float) -> str:

@@ -1,0 +1,3 @@
+from fsagent.sandbox.main import main
+
+main()
