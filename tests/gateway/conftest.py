@@ -208,16 +208,19 @@ class FakeSandbox(sandbox_pb2_grpc.SandboxServicer):
                     await self._check(path, context, must_exist=False)
                     if mode == sandbox_pb2.WRITE_MODE_CREATE and path in self.docs:
                         await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{path}: already exists")
+                elif kind == "end":
+                    upload["end"] = chunk.end.total_bytes
                 else:
                     upload["chunks"].append(chunk.data)
-            # A client's cancel also ends the request stream "normally"; grpc.aio delivers the
-            # cancellation at the next await, so a real sandbox must pass one before committing.
             await asyncio.sleep(0)
         except asyncio.CancelledError:
             self.upload_cancelled.set()
             raise
         if upload["header"] is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk must be the header")
+        # Like the real sandbox: nothing is committed without the end marker and its byte count.
+        if upload.get("end") != sum(map(len, upload["chunks"])):
+            await context.abort(grpc.StatusCode.ABORTED, "upload ended without its end marker")
         path = upload["header"].path
         self.docs[path] = b"".join(upload["chunks"]).decode()
         return self.info(path)

@@ -136,11 +136,26 @@ async def test_create_race_has_one_winner(make_sandbox) -> None:  # type: ignore
     assert temp_files(sb.root) == []
 
 
-async def chunks(header: pb.UploadHeader | None, parts: list[bytes]) -> AsyncIterator[pb.UploadChunk]:
+async def chunks(
+    header: pb.UploadHeader | None, parts: list[bytes], *, end: bool = True, total: int | None = None
+) -> AsyncIterator[pb.UploadChunk]:
     if header is not None:
         yield pb.UploadChunk(header=header)
     for part in parts:
         yield pb.UploadChunk(data=part)
+    if end:
+        yield pb.UploadChunk(end=pb.UploadEnd(total_bytes=sum(map(len, parts)) if total is None else total))
+
+
+async def test_upload_without_end_marker_writes_nothing(make_sandbox) -> None:  # type: ignore[no-untyped-def]
+    """A client that vanishes mid-upload may look like a finished stream: only the marker commits."""
+    sb: Sandbox = await make_sandbox(max_file_size=4096)
+    header = pb.UploadHeader(path="up/cut.md", mode=pb.WRITE_MODE_CREATE)
+    code = await code_of(sb.stub.UploadDocument(chunks(header, [b"half"], end=False)))
+    assert code == grpc.StatusCode.ABORTED
+    code = await code_of(sb.stub.UploadDocument(chunks(header, [b"half"], total=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert not (sb.root / "up/cut.md").exists() and temp_files(sb.root) == []
 
 
 async def test_upload(make_sandbox) -> None:  # type: ignore[no-untyped-def]

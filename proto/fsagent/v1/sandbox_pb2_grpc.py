@@ -123,7 +123,9 @@ class SandboxServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadDocument(self, request_iterator, context):
-        """Client stream: the first chunk carries the header (path, mode), then data chunks.
+        """Client stream: the header (path, mode), data chunks, then the end marker. Nothing is written
+        unless the end marker arrives with the byte count received: a cancelled client, whose stream
+        grpc.aio may close as if it were complete, never leaves a partial file behind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

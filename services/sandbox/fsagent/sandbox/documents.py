@@ -352,11 +352,22 @@ class Documents:
         limit = self.settings.max_file_size
         total = 0
         committed = False
+        ended = False
         try:
             async for chunk in chunks:
                 part = chunk.WhichOneof("part")
+                if ended:
+                    raise DocError(grpc.StatusCode.INVALID_ARGUMENT, "no upload chunk may follow the end marker")
                 if part == "header":
                     raise DocError(grpc.StatusCode.INVALID_ARGUMENT, "only the first upload chunk may be a header")
+                if part == "end":
+                    if chunk.end.total_bytes != total:
+                        raise DocError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"upload of {target.rel} sent {chunk.end.total_bytes} bytes but {total} arrived; nothing was written",
+                        )
+                    ended = True
+                    continue
                 if part != "data":
                     continue
                 total += len(chunk.data)
@@ -369,6 +380,10 @@ class Documents:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
+            if not ended:
+                raise DocError(
+                    grpc.StatusCode.ABORTED, f"upload of {target.rel} ended without its end marker; nothing was written"
+                )
             committed = True
             st = await asyncio.to_thread(self._commit, target, fd, tmp, mode)
         finally:

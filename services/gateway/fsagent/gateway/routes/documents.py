@@ -272,17 +272,23 @@ async def upload_document(
 
     async def messages() -> AsyncIterator[sandbox_pb2.UploadChunk]:
         # gRPC pulls this as it can send, so a slow sandbox slows the reading of the body.
+        sent = 0
         try:
             yield header
             for piece in form.take():
+                sent += len(piece)
                 yield sandbox_pb2.UploadChunk(data=piece)
             async for chunk in body:
                 form.write(chunk)
                 for piece in form.take():
+                    sent += len(piece)
                     yield sandbox_pb2.UploadChunk(data=piece)
             form.finalize()
             for piece in form.take(final=True):
+                sent += len(piece)
                 yield sandbox_pb2.UploadChunk(data=piece)
+            # Only a complete body is committed: the sandbox writes nothing without this marker.
+            yield sandbox_pb2.UploadChunk(end=sandbox_pb2.UploadEnd(total_bytes=sent))
         except Exception as exc:  # too large, malformed, client gone: gRPC cancels the call
             failure.append(exc)
             raise
