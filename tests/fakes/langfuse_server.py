@@ -114,6 +114,7 @@ def _handler(fake: FakeLangfuse) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes
 
         def log_message(self, *args: Any) -> None:
             pass

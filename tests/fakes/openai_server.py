@@ -128,6 +128,7 @@ def _tool_calls(reply: Reply) -> list[dict[str, Any]]:
 def _make_handler(fake: ScriptedOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes
 
         def log_message(self, *args: Any) -> None:  # keep test output quiet
             pass

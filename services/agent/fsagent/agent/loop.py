@@ -4,8 +4,8 @@ and ChatStream (which forwards every event).
     load the session -> [status -> LLM call -> (tokens) -> tool_call... -> tool batch -> tool_result...]
     ... at most FSAGENT_MAX_ITERATIONS model calls -> save the session -> done
 
-The LLM call (`_call_llm`) and the tool batch (`_run_tools`) each live in one method so a tracer
-can wrap them. LLM failures end the turn with an `error` event (code `llm_<reason>`); sandbox and
+The turn, each iteration, each LLM call and each tool call are Langfuse observations (tracing.py;
+no-ops without keys). LLM failures end the turn with an `error` event (code `llm_<reason>`); sandbox and
 cache failures never do: a failed tool call is shown to the model, a cache outage only costs the
 session history.
 """
@@ -13,54 +13,29 @@ session history.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
-
-import grpc
 
 from fsagent.agent import metrics
 from fsagent.agent.llm.base import AssistantTurn, LLMError, LLMProvider, Message, StreamDelta, Tool, ToolCallRequest, Usage
 from fsagent.agent.orchestrator import ToolOrchestrator, ToolRun
 from fsagent.agent.prompt import SYSTEM_PROMPT
+from fsagent.agent.sessions import SessionStore, new_session_id
 from fsagent.agent.tracing import AgentTracer
 from fsagent.common import propagation
 from fsagent.common.metrics import exemplar
 from fsagent.common.settings import Settings
-from fsagent.v1 import agent_pb2, cache_pb2, cache_pb2_grpc, sandbox_pb2_grpc
+from fsagent.v1 import agent_pb2, cache_pb2_grpc, sandbox_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-SESSION_TIMEOUT = 2.0  # seconds for one session call to the cache
-HISTORY_ROLES = ("user", "assistant")
 
 
 def default_tools() -> list[Tool]:
     from fsagent.common.toolspec import openai_tools
 
     return openai_tools()
-
-
-def new_session_id() -> str:
-    return uuid.uuid4().hex
-
-
-def history_message(raw: str) -> Message | None:
-    """A stored session message as a clean chat message for the model (None if unusable)."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("role") not in HISTORY_ROLES:
-        return None
-    content = data.get("content")
-    if not isinstance(content, str):
-        return None
-    return {"role": data["role"], "content": content}
-
 
 @dataclass(slots=True)
 class _TurnState:
@@ -86,7 +61,7 @@ class Agent:
         self.settings = settings
         self.tracer = tracer or AgentTracer(settings)
         self.llm = llm
-        self.cache = cache
+        self.sessions = SessionStore(cache, settings)
         self.tools = default_tools() if tools is None else tools
         names = [tool["function"]["name"] for tool in self.tools]
         self.orchestrator = ToolOrchestrator(sandbox, settings, names, self.tracer)
@@ -114,7 +89,7 @@ class Agent:
             session_id=session_id, user_id=user_id, message=message, model=self.llm.model,
         ) as root:
             try:
-                history = await self._load_history(session_id)
+                history = await self.sessions.history(session_id)
                 messages: list[Message] = [
                     {"role": "system", "content": SYSTEM_PROMPT},
                     *history,
@@ -156,7 +131,10 @@ class Agent:
                         f"I stopped after {self.settings.max_iterations} model calls (the limit per question) "
                         "before reaching a final answer. Try a narrower question, or ask again to continue."
                     )
-                await self._save(session_id, message, answer, state, outcome)
+                await self.sessions.save_turn(session_id, message, answer, {
+                    "status": outcome, "model": state.model, "iterations": state.iterations,
+                    "tool_calls": [{"name": c.name, "arguments": c.arguments_json} for c in state.tool_calls],
+                })
                 status = outcome
                 root.update(
                     output=answer,
@@ -268,47 +246,3 @@ class Agent:
     async def _run_tools(self, calls: Sequence[ToolCallRequest], *, iteration: int) -> list[ToolRun]:
         """One batch of tool calls from one model turn (concurrent, results in request order)."""
         return await self.orchestrator.run_batch(calls)
-
-    # --- sessions ----------------------------------------------------------------------------
-
-    async def _load_history(self, session_id: str) -> list[Message]:
-        try:
-            record = await self.cache.GetSession(
-                cache_pb2.GetSessionRequest(session_id=session_id), timeout=SESSION_TIMEOUT
-            )
-        except grpc.aio.AioRpcError as exc:
-            metrics.SESSION_ERRORS.labels("load").inc()
-            log.warning("session history unavailable; answering without it", extra={"grpc_code": exc.code().name})
-            return []
-        return [m for m in (history_message(raw) for raw in record.messages_json) if m is not None]
-
-    async def _save(self, session_id: str, question: str, answer: str, state: _TurnState, status: str) -> None:
-        user = {"role": "user", "content": question}
-        assistant = {
-            "role": "assistant",
-            "content": answer,
-            # Not part of the chat format (the model only ever sees role and content): for clients.
-            "fsagent": {
-                "status": status,
-                "model": state.model,
-                "iterations": state.iterations,
-                "tool_calls": [{"name": c.name, "arguments": c.arguments_json} for c in state.tool_calls],
-                "trace_id": propagation.current_trace_id() or "",
-                "created": time.time(),
-            },
-        }
-        try:
-            record = await self.cache.AppendSession(
-                cache_pb2.AppendSessionRequest(
-                    session_id=session_id,
-                    messages_json=[json.dumps(user, ensure_ascii=False), json.dumps(assistant, ensure_ascii=False)],
-                    max_messages=self.settings.session_max_messages,
-                    ttl_seconds=self.settings.session_ttl,
-                ),
-                timeout=SESSION_TIMEOUT,
-            )
-        except grpc.aio.AioRpcError as exc:
-            metrics.SESSION_ERRORS.labels("save").inc()
-            log.warning("session not saved", extra={"grpc_code": exc.code().name})
-            return
-        metrics.SESSION_MESSAGES.observe(len(record.messages_json))

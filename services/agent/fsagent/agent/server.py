@@ -9,16 +9,16 @@ request rejected) or DEADLINE_EXCEEDED (FSAGENT_CHAT_TIMEOUT); ChatStream sends 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from typing import AsyncIterator, NoReturn
 
 import grpc
 
-from fsagent.agent.loop import SESSION_TIMEOUT, Agent, new_session_id
+from fsagent.agent.loop import Agent
+from fsagent.agent.sessions import new_session_id
 from fsagent.common.settings import Settings
-from fsagent.v1 import agent_pb2, agent_pb2_grpc, cache_pb2
+from fsagent.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -116,42 +116,17 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     ) -> agent_pb2.AgentSession:
         await self._check_session_id(request.session_id, context, required=True)
         try:
-            record = await self.agent.cache.GetSession(
-                cache_pb2.GetSessionRequest(session_id=request.session_id), timeout=SESSION_TIMEOUT
-            )
+            return await self.agent.sessions.get(request.session_id)
         except grpc.aio.AioRpcError:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the session store is unavailable")
-        return agent_pb2.AgentSession(
-            session_id=request.session_id,
-            exists=record.exists,
-            messages=[session_message(raw) for raw in record.messages_json],
-            created=record.created,
-            updated=record.updated,
-        )
 
     async def ClearSession(
         self, request: agent_pb2.AgentSessionRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ClearSessionResponse:
         await self._check_session_id(request.session_id, context, required=True)
         try:
-            reply = await self.agent.cache.DeleteSession(
-                cache_pb2.DeleteSessionRequest(session_id=request.session_id), timeout=SESSION_TIMEOUT
-            )
+            deleted = await self.agent.sessions.delete(request.session_id)
         except grpc.aio.AioRpcError:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the session store is unavailable")
-        return agent_pb2.ClearSessionResponse(deleted=reply.deleted)
+        return agent_pb2.ClearSessionResponse(deleted=deleted)
 
-
-def session_message(raw: str) -> agent_pb2.SessionMessage:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        return agent_pb2.SessionMessage(json=raw)
-    content = data.get("content")
-    return agent_pb2.SessionMessage(
-        role=str(data.get("role") or ""),
-        content=content if isinstance(content, str) else "",
-        json=raw,
-    )
