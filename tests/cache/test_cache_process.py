@@ -84,8 +84,8 @@ async def test_service_process_serves_and_survives_restart(tmp_path: Path) -> No
                 == pb.CacheGetResponse.HIT
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"http://127.0.0.1:{first.metrics_port}/metrics")).text
-        assert 'fsagent_cache_operations_total{namespace="content",operation="get",result="hit"} 1.0' in text
-        assert 'fsagent_cache_entries{namespace="content"} 1.0' in text
+        assert 'fsagent_cache_operations_total{cache_namespace="content",operation="get",result="hit"} 1.0' in text
+        assert 'fsagent_cache_entries{cache_namespace="content"} 1.0' in text
         assert "fsagent_cache_size_limit_bytes 8.388608e+06" in text
         assert first.stop() == 0
     finally:

@@ -232,14 +232,14 @@ async def test_valid_session_id_characters(cache: Running) -> None:
 
 async def test_metrics_move(cache: Running) -> None:
     def op(operation: str, namespace: str, result: str) -> float:
-        return sample("fsagent_cache_operations_total", operation=operation, namespace=namespace, result=result)
+        return sample("fsagent_cache_operations_total", operation=operation, cache_namespace=namespace, result=result)
 
     ops = [("put", "content", "stored"), ("get", "content", "hit"), ("get", "content", "miss"),
            ("get", "content", "stale"), ("session_append", "sessions", "stored"),
            ("session_get", "sessions", "hit"), ("session_get", "sessions", "miss"),
            ("session_delete", "sessions", "ok"), ("clear", "search", "ok"), ("invalidate", "all", "ok")]
     before = {o: op(*o) for o in ops}
-    duration_before = sample("fsagent_cache_operation_duration_seconds_count", operation="get", namespace="content")
+    duration_before = sample("fsagent_cache_operation_duration_seconds_count", operation="get", cache_namespace="content")
 
     await put(cache, "m")
     await get(cache, "m")
@@ -253,7 +253,7 @@ async def test_metrics_move(cache: Running) -> None:
     await cache.stub.Invalidate(pb.InvalidateRequest(path_prefix="x", reason="manual"))
 
     assert {o: op(*o) - before[o] for o in ops} == {o: 1.0 for o in ops}
-    assert sample("fsagent_cache_operation_duration_seconds_count", operation="get", namespace="content") - duration_before == 3
+    assert sample("fsagent_cache_operation_duration_seconds_count", operation="get", cache_namespace="content") - duration_before == 3
     # The shared interceptor counts gRPC codes, including refusals.
     refused = sample("fsagent_grpc_server_handled_total", grpc_service="fsagent.v1.Cache", grpc_method="Get",
                      grpc_code="INVALID_ARGUMENT")
@@ -270,10 +270,10 @@ async def test_size_gauges_at_scrape_time(cache: Running) -> None:
         await put(cache, "g2", b"x" * 1000, ns="search")
         await cache.stub.AppendSession(pb.AppendSessionRequest(session_id="g", messages_json=["{}"]))
         cache_metrics.GAUGES.bind(cache.store)  # drop the remembered snapshot
-        assert sample("fsagent_cache_entries", namespace="content") == 1
-        assert sample("fsagent_cache_entries", namespace="search") == 1
+        assert sample("fsagent_cache_entries", cache_namespace="content") == 1
+        assert sample("fsagent_cache_entries", cache_namespace="search") == 1
         assert sample("fsagent_sessions_active") == 1
-        assert sample("fsagent_cache_size_bytes", namespace="content") > 1000
+        assert sample("fsagent_cache_size_bytes", cache_namespace="content") > 1000
         assert sample("fsagent_cache_size_limit_bytes") == cache.store.size_limit
         assert sample("fsagent_cache_volume_bytes") > 0
     finally:

@@ -55,8 +55,20 @@ def test_service_monitors_match_schema_services_and_ports(helm, lib):
         assert ports[ep["port"]] == {"gateway": 8000, "agent": 9101, "sandbox": 9102, "cache": 9103}[comp]
         assert ep["path"] == "/metrics" and ep["interval"] == "30s" and ep["scrapeTimeout"] == "10s"
         assert {"action": "replace", "targetLabel": "job", "replacement": f"fsagent-{comp}"} in ep["relabelings"]
-        targets = {m.get("targetLabel") for m in ep["metricRelabelings"]}
-        assert "cache_namespace" in targets
+        # No metric label collides with a target label, so no metric relabeling is needed (nor wanted:
+        # it would hide a collision reintroduced in the code; test_no_metric_label_collides_... below).
+        assert "metricRelabelings" not in ep
+
+
+# Labels kube-prometheus-stack attaches to every series scraped through a ServiceMonitor. A metric label
+# with one of these names would arrive renamed to exported_<name> (honorLabels: false).
+TARGET_LABELS = {"job", "instance", "namespace", "service", "pod", "container", "endpoint"}
+
+
+def test_no_metric_label_collides_with_a_target_label(catalogue):
+    for m in catalogue["metrics"]:
+        assert not set(m["labels"]) & TARGET_LABELS, f"{m['name']}: {set(m['labels']) & TARGET_LABELS}"
+    assert set(catalogue["target_labels"]) == TARGET_LABELS
 
 
 # --- PrometheusRule ------------------------------------------------------------------------------------

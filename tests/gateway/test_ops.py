@@ -68,7 +68,7 @@ async def test_metrics_use_route_templates_never_raw_paths(client):
             assert route == "unmatched" or route.startswith("/"), line
             assert "b.md" not in line and "nope.md" not in line and "/not/a/route" not in line, line
     assert 'fsagent_http_requests_in_progress{method="GET",route="/metrics"} 1.0' in text
-    assert 'fsagent_build_info{python=' in text and 'service="gateway"' in text
+    assert 'fsagent_build_info{component="gateway",' in text
     assert "fsagent_grpc_client_handled_total" in text  # the shared gRPC client metrics
 
 

@@ -37,6 +37,7 @@ def default_tools() -> list[Tool]:
 
     return openai_tools()
 
+
 @dataclass(slots=True)
 class _TurnState:
     usage: Usage = field(default_factory=Usage)

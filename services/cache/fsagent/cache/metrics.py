@@ -30,16 +30,18 @@ INVALIDATION_REASONS = ("document_write", "document_delete", "manual", "other")
 # Label for operations that span namespaces (invalidate, clear of everything).
 ALL_NAMESPACES = "all"
 
+# The cache namespace label is `cache_namespace`, not `namespace`: kube-prometheus-stack attaches the
+# Kubernetes namespace as `namespace` to every series, which would rename ours to exported_namespace.
 OPERATIONS_TOTAL = Counter(
     "cache_operations_total",
-    "Cache operations by operation, namespace and result (hit, miss, stale, stored, skipped, ok, error).",
-    ["operation", "namespace", "result"],
+    "Cache operations by operation, cache namespace and result (hit, miss, stale, stored, skipped, ok, error).",
+    ["operation", "cache_namespace", "result"],
     namespace=NAMESPACE,
 )
 OPERATION_DURATION = Histogram(
     "cache_operation_duration_seconds",
     "Time the cache service spent on one operation, including the store's SQLite work.",
-    ["operation", "namespace"],
+    ["operation", "cache_namespace"],
     namespace=NAMESPACE,
     buckets=FAST_BUCKETS,
 )
@@ -67,7 +69,7 @@ def record_invalidation(reason: str, removed: int) -> None:
 class StoreGaugeCollector(Collector):
     """Size gauges of the bound store, computed when /metrics is scraped.
 
-    fsagent_cache_size_bytes{namespace}, fsagent_cache_entries{namespace},
+    fsagent_cache_size_bytes{cache_namespace}, fsagent_cache_entries{cache_namespace},
     fsagent_cache_size_limit_bytes, fsagent_cache_volume_bytes, fsagent_sessions_active.
     """
 
@@ -86,11 +88,11 @@ class StoreGaugeCollector(Collector):
         p = NAMESPACE + "_"
         return {
             "size": GaugeMetricFamily(
-                p + "cache_size_bytes", "Bytes held by live cache entries (key + value), by namespace.",
-                labels=["namespace"],
+                p + "cache_size_bytes", "Bytes held by live cache entries (key + value), by cache namespace.",
+                labels=["cache_namespace"],
             ),
             "entries": GaugeMetricFamily(
-                p + "cache_entries", "Live (unexpired) cache entries, by namespace.", labels=["namespace"]
+                p + "cache_entries", "Live (unexpired) cache entries, by cache namespace.", labels=["cache_namespace"]
             ),
             "limit": GaugeMetricFamily(
                 p + "cache_size_limit_bytes", "Size at which the cache starts evicting least-recently-used entries."
