@@ -21,6 +21,7 @@ import contextlib
 import logging
 import re
 import threading
+from contextvars import ContextVar
 from typing import Any, Iterator, Sequence
 
 from fsagent.common.settings import Settings
@@ -61,6 +62,23 @@ def mask_value(data: Any, limit: int) -> Any:
     if isinstance(data, (list, tuple)):
         return [mask_value(v, limit) for v in data]
     return data
+
+
+# Set for the duration of a turn that LANGFUSE_SAMPLE_RATE left out: its observations are no-ops.
+_SAMPLED_OUT: ContextVar[bool] = ContextVar("fsagent_langfuse_sampled_out", default=False)
+
+
+def sampled(trace_id: str, rate: float) -> bool:
+    """The ratio rule of OpenTelemetry's TraceIdRatioBased sampler, on the low 64 bits of the id.
+
+    Our turns always continue the gateway's trace, and the SDK's sampler defers to a parent, so
+    the rate is applied here, deterministically: every service and a re-export agree per trace.
+    """
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    return int(trace_id[-16:], 16) < int(rate * (1 << 64))
 
 
 class _Noop:
@@ -121,6 +139,7 @@ class AgentTracer:
 
     def __init__(self, settings: Settings) -> None:
         self.limit = settings.trace_max_field_chars
+        self.sample_rate = settings.langfuse_sample_rate
         self.client: Any = None
         metrics.LANGFUSE_ENABLED.set(0)
         if not settings.langfuse_enabled:
@@ -162,7 +181,7 @@ class AgentTracer:
     @contextlib.contextmanager
     def _observe(self, **kwargs: Any) -> Iterator[Any]:
         """An observation as the current span, or NOOP if the SDK fails to create one."""
-        if self.client is None:
+        if self.client is None or _SAMPLED_OUT.get():
             yield NOOP
             return
         try:
@@ -191,6 +210,13 @@ class AgentTracer:
     ) -> Iterator[Any]:
         if self.client is None:
             yield NOOP
+            return
+        if trace_id and not sampled(trace_id, self.sample_rate):
+            token = _SAMPLED_OUT.set(True)
+            try:
+                yield NOOP
+            finally:
+                _SAMPLED_OUT.reset(token)
             return
         from langfuse import propagate_attributes
 
