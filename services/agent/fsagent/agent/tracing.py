@@ -30,27 +30,40 @@ from fsagent.agent import metrics
 
 log = logging.getLogger(__name__)
 
-_SECRET_PATTERNS = [
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),                      # OpenAI-style keys
-    re.compile(r"\b(?:pk|sk)-lf-[A-Za-z0-9\-]{8,}"),             # Langfuse keys
-    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"),       # bearer tokens
-    re.compile(r"(?i)\b(api[_-]?key|secret|password|token)(\s*[:=]\s*)[^\s,;\"']{6,}"),
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),                         # AWS access key ids
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}\b"),               # GitHub tokens
-]
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
+# One pass over each field: a key-like token, or `name: value` / `name=value` for secret names.
+_SECRETS = re.compile(
+    r"(?P<token>\bsk-[A-Za-z0-9_\-]{8,}"                        # OpenAI-style keys
+    r"|\b(?:pk|sk)-lf-[A-Za-z0-9\-]{8,}"                        # Langfuse keys
+    r"|(?i:\bbearer\s+)[A-Za-z0-9._~+/=\-]{8,}"                # bearer tokens
+    r"|\bAKIA[0-9A-Z]{16}\b"                                     # AWS access key ids
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,}\b)"                          # GitHub tokens
+    r"|(?P<name>(?i:\b(?:api[_-]?key|secret|password|token)))(?P<sep>\s*[:=]\s*)[^\s,;\"']{6,}"
+    r"|(?P<email>\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b)"
+)
+# Masking looks a little past the cut, so a secret that starts before it is still recognised whole.
+_LOOKAHEAD = 128
+
+
+def _redact(match: re.Match[str]) -> str:
+    if match.group("email"):
+        return "[EMAIL]"
+    if match.group("name"):
+        return f"{match.group('name')}{match.group('sep')}[REDACTED]"
+    return "[REDACTED]"
 
 
 def mask_text(text: str, limit: int) -> str:
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups >= 2:
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
-        else:
-            text = pattern.sub("[REDACTED]", text)
-    text = _EMAIL.sub("[EMAIL]", text)
-    if len(text) > limit:
-        text = f"{text[:limit]}... [truncated {len(text) - limit} chars]"
-    return text
+    """Mask secrets and e-mail addresses, then cut to `limit` characters with a marker.
+
+    Cutting first bounds the regular-expression work to the part that is exported, which keeps
+    tracing cheap when a tool returns tens of kilobytes.
+    """
+    window = text[: limit + _LOOKAHEAD]
+    masked = _SECRETS.sub(_redact, window)
+    unread = len(text) - len(window)
+    if unread == 0 and len(masked) <= limit:
+        return masked
+    return f"{masked[:limit]}... [truncated {max(0, len(masked) - limit) + unread} chars]"
 
 
 def mask_value(data: Any, limit: int) -> Any:
