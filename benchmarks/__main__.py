@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["e2e_chat"]
+ALL = ["e2e_chat", "observability_overhead", "cache_fingerprint", "cache_hits", "sandbox_tools"]
 
 
 def main() -> None:

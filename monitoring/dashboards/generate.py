@@ -9,8 +9,8 @@ monitoring/catalogue.yaml (tests/deploy/test_dashboards.py checks it, and makes 
 expression). Conventions:
   - `$datasource` picks the Prometheus data source, `$namespace` the Kubernetes namespace(s);
   - jobs are the ServiceMonitors' fixed names fsagent-gateway|agent|sandbox|cache;
-  - the cache's own label `namespace` (content|search|sessions) arrives as `cache_namespace`
-    (see the ServiceMonitor metricRelabelings);
+  - the cache's namespace label is `cache_namespace` (content|search|sessions|all) and build info's
+    service label is `component`: no metric label collides with a target label;
   - rates use $__rate_interval, quantiles are histogram_quantile over sum by (le, ...) of rates.
 """
 
@@ -195,7 +195,8 @@ def agent_dashboard() -> db.Dashboard:
         .with_panel(timeseries("LLM calls by model and status", [q(f"sum by (provider, model, status) (rate(fsagent_llm_calls_total{{{ag}}}[{RI}]))", "{{provider}}/{{model}} {{status}}")], "reqps"))
         .with_panel(timeseries("LLM latency p95 by model", quantiles("fsagent_llm_call_duration_seconds_bucket", ag, by="provider, model", qs=(0.5, 0.95)), "s"))
         .with_panel(heat("LLM latency distribution", "fsagent_llm_call_duration_seconds_bucket", ag, "s"))
-        .with_panel(timeseries("LLM error ratio", [q(ratio("fsagent_llm_calls_total", f'{ag}, status="error"', "fsagent_llm_calls_total", ag, by="model"), "{{model}}")], "percentunit"))
+        .with_panel(timeseries("LLM error ratio", [q(ratio("fsagent_llm_calls_total", f'{ag}, status!~"success|cancelled"', "fsagent_llm_calls_total", ag, by="model"), "{{model}}")], "percentunit",
+                               desc="Failed LLM calls (timeout, connection, rate_limited, upstream, auth, bad_request, error) over all calls."))
         .with_row(db.Row("Tokens and cost"))
         .with_panel(timeseries("Tokens/s by type", [q(f"sum by (type) (rate(fsagent_llm_tokens_total{{{ag}}}[{RI}]))", "{{type}}")], "short", stack=True))
         .with_panel(timeseries("Tokens/s by model", [q(f"sum by (provider, model) (rate(fsagent_llm_tokens_total{{{ag}}}[{RI}]))", "{{provider}}/{{model}}")], "short", stack=True))
@@ -206,6 +207,8 @@ def agent_dashboard() -> db.Dashboard:
         .with_panel(timeseries("Tool latency p95 (as the agent sees it)", quantiles("fsagent_tool_execution_duration_seconds_bucket", ag, by="tool", qs=(0.95,)), "s"))
         .with_panel(timeseries("Tool batches: parallel vs sequential", [q(f"sum by (mode) (rate(fsagent_tool_batches_total{{{ag}}}[{RI}]))", "{{mode}}")], "ops", stack=True))
         .with_panel(timeseries("Langfuse span export", [q(f"sum by (result) (rate(fsagent_langfuse_export_spans_total{{{ag}}}[{RI}]))", "{{result}}")], "ops", stack=True))
+        .with_panel(timeseries("Session store errors", [q(f"sum by (operation) (rate(fsagent_session_errors_total{{{ag}}}[{RI}]))", "{{operation}}")], "ops", stack=True,
+                               desc="Session loads and saves that failed; the chat still answers, without its history."))
     )
 
 
@@ -218,12 +221,15 @@ def cache_dashboard() -> db.Dashboard:
                        "The diskcache service: hit ratio, size against the limit, entries, invalidations, latency.")
         .with_row(db.Row("Overview"))
         .with_panel(stat("Tool-result hit ratio",
+                         ratio("fsagent_sandbox_cache_lookups_total", f'{sb}, result="hit"',
+                               "fsagent_sandbox_cache_lookups_total", f'{sb}, result!="skipped"'),
+                         "percentunit", thresholds=[(None, "orange"), (0.5, "green")],
+                         desc="Hits over lookups, where tool calls look results up (the sandbox, whose in-process tier answers "
+                              "repeated hits without asking the cache service). The alert FsagentLowCacheHitRate uses the same ratio."))
+        .with_panel(stat("Cache service hit ratio (tool results)",
                          ratio("fsagent_cache_operations_total", f'{ca}, operation="get", result="hit", {tool_ns}',
                                "fsagent_cache_operations_total", f'{ca}, operation="get", {tool_ns}'),
-                         "percentunit", thresholds=[(None, "orange"), (0.5, "green")]))
-        .with_panel(stat("Sandbox lookups served from cache",
-                         ratio("fsagent_sandbox_cache_lookups_total", f'{sb}, result="hit"', "fsagent_sandbox_cache_lookups_total", sb),
-                         "percentunit"))
+                         "percentunit", desc="Gets that reach the cache service: the sandbox's in-process misses."))
         .with_panel(stat("Size / limit", f"sum(fsagent_cache_size_bytes{{{ca}}}) / max(fsagent_cache_size_limit_bytes{{{ca}}})",
                          "percentunit", thresholds=[(None, "green"), (0.8, "orange"), (0.95, "red")]))
         .with_panel(stat("Entries", f"sum(fsagent_cache_entries{{{ca}}})"))
@@ -234,13 +240,19 @@ def cache_dashboard() -> db.Dashboard:
             "fsagent_cache_operations_total", f'{ca}, operation="get", result="hit"',
             "fsagent_cache_operations_total", f'{ca}, operation="get"', by="cache_namespace"), "{{cache_namespace}}")],
             "percentunit"))
-        .with_panel(timeseries("Sandbox cache lookups by result", [q(f"sum by (result) (rate(fsagent_sandbox_cache_lookups_total{{{sb}}}[{RI}]))", "{{result}}")], "ops", stack=True))
+        .with_panel(timeseries("Sandbox cache lookups by result", [
+            q(f"sum by (result) (rate(fsagent_sandbox_cache_lookups_total{{{sb}}}[{RI}]))", "{{result}}"),
+            q(f"sum(rate(fsagent_sandbox_cache_local_hits_total{{{sb}}}[{RI}]))", "of the hits: in-process tier"),
+        ], "ops", desc="Hits answered by the sandbox's in-process tier are also counted as hits."))
         .with_panel(timeseries("Operations by operation and result", [q(f"sum by (operation, result) (rate(fsagent_cache_operations_total{{{ca}}}[{RI}]))", "{{operation}} {{result}}")], "ops"))
         .with_panel(timeseries("Invalidations by reason", [q(f"sum by (reason) (rate(fsagent_cache_invalidations_total{{{ca}}}[{RI}]))", "{{reason}}")], "ops", stack=True))
+        .with_panel(timeseries("Sandbox cache write errors", [q(f"sum by (operation) (rate(fsagent_sandbox_cache_errors_total{{{sb}}}[{RI}]))", "{{operation}}")], "ops", stack=True,
+                               desc="Cache puts and invalidations the sandbox could not make; tool calls still succeed."))
         .with_row(db.Row("Storage"))
         .with_panel(timeseries("Size by cache namespace vs limit", [
             q(f"sum by (cache_namespace) (fsagent_cache_size_bytes{{{ca}}})", "{{cache_namespace}}"),
             q(f"max(fsagent_cache_size_limit_bytes{{{ca}}})", "limit"),
+            q(f"max(fsagent_cache_volume_bytes{{{ca}}})", "on disk"),
         ], "bytes"))
         .with_panel(timeseries("Entries by cache namespace", [q(f"sum by (cache_namespace) (fsagent_cache_entries{{{ca}}})", "{{cache_namespace}}")], "short", stack=True))
         .with_row(db.Row("Latency"))
@@ -263,16 +275,23 @@ def sandbox_dashboard() -> db.Dashboard:
         .with_panel(stat("Timeouts (range)", f"sum(increase(fsagent_sandbox_timeouts_total{{{sb}}}[$__range]))",
                          thresholds=[(None, "green"), (1, "orange")]))
         .with_panel(stat("p95 execution", f"histogram_quantile(0.95, sum by (le) (rate(fsagent_sandbox_execution_duration_seconds_bucket{{{sb}}}[{RI}])))", "s"))
-        .with_panel(stat("Document writes/s", f'sum(rate(fsagent_documents_operations_total{{{sb}, operation=~"create|update|delete|upload"}}[{RI}]))', "ops"))
+        .with_panel(stat("Document writes/s", f'sum(rate(fsagent_documents_operations_total{{{sb}, operation=~"write|delete|upload"}}[{RI}]))', "ops"))
         .with_row(db.Row("Executions"))
         .with_panel(timeseries("Executions by tool and status", [q(f"sum by (tool, status) (rate(fsagent_sandbox_executions_total{{{sb}}}[{RI}]))", "{{tool}} {{status}}")], "ops", stack=True))
         .with_panel(timeseries("Execution latency p95 by tool", quantiles("fsagent_sandbox_execution_duration_seconds_bucket", sb, by="tool", qs=(0.95,)), "s"))
         .with_panel(heat("Execution latency distribution", "fsagent_sandbox_execution_duration_seconds_bucket", sb, "s"))
         .with_panel(timeseries("Timeouts by tool", [q(f"sum by (tool) (rate(fsagent_sandbox_timeouts_total{{{sb}}}[{RI}]))", "{{tool}}")], "ops"))
+        .with_panel(timeseries("Fingerprint latency p95 by tool", quantiles("fsagent_sandbox_fingerprint_duration_seconds_bucket", sb, by="tool", qs=(0.95,)), "s",
+                               desc="Stat and hash of what a call reads, taken before the cache lookup."))
         .with_row(db.Row("Security and documents"))
         .with_panel(timeseries("Security blocks by type", [q(f"sum by (block_type) (rate(fsagent_sandbox_security_blocks_total{{{sb}}}[{RI}]))", "{{block_type}}")], "ops", stack=True,
                                desc="Path escapes, unknown flags and similar refusals. A surge can mean a prompt-injected model or a probing client."))
         .with_panel(timeseries("Document operations", [q(f"sum by (operation, status) (rate(fsagent_documents_operations_total{{{sb}}}[{RI}]))", "{{operation}} {{status}}")], "ops", stack=True))
+        .with_panel(
+            tb.Panel().title("Confinement layers in force").datasource(DS).span(12).height(6)
+            .description("1 per pod and layer when the layer confines tool processes; 0 when it is unavailable there.")
+            .with_target(q(f"min by (layer) (fsagent_sandbox_confinement_active{{{sb}}})", instant=True))
+        )
     )
 
 
@@ -285,7 +304,7 @@ def system_dashboard() -> db.Dashboard:
         .with_panel(timeseries("Targets up by job", [q(f"sum by (job) (up{{{all_jobs}}})", "{{job}}")], "short", w=12, h=6))
         .with_panel(
             tb.Panel().title("Build info").datasource(DS).span(12).height(6)
-            .with_target(q(f"max by (job, version, python) (fsagent_build_info{{{all_jobs}}})", instant=True))
+            .with_target(q(f"max by (job, component, version, python) (fsagent_build_info{{{all_jobs}}})", instant=True))
         )
         .with_row(db.Row("gRPC server"))
         .with_panel(timeseries("Server calls by method", [q(f"sum by (job, grpc_service, grpc_method) (rate(fsagent_grpc_server_handled_total{{{all_jobs}}}[{RI}]))", "{{grpc_service}}/{{grpc_method}}")], "reqps"))

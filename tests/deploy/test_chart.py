@@ -14,8 +14,9 @@ COMPONENTS = ("gateway", "agent", "sandbox", "cache")
 GRPC_PORTS = {"agent": 50051, "sandbox": 50052, "cache": 50053}
 METRICS_PORTS = {"agent": 9101, "sandbox": 9102, "cache": 9103}
 
-# ARCHITECTURE.md's configuration table (plus FSAGENT_BIND_HOST, set to 0.0.0.0 in the cluster, and
-# FSAGENT_LOG_FORMAT, a setting of the shared Settings object).
+# ARCHITECTURE.md's configuration table (plus FSAGENT_BIND_HOST, set to 0.0.0.0 in the cluster,
+# FSAGENT_LOG_FORMAT, a setting of the shared Settings object, and the sandbox's confinement
+# settings of issue 3: FSAGENT_SANDBOX_ISOLATION/UID/GID).
 ENV_NAMES = {
     "FSAGENT_LLM_PROVIDER", "FSAGENT_LLM_MODEL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_API_KEY",
     "AZURE_OPENAI_ENDPOINT", "OPENAI_API_VERSION", "AZURE_OPENAI_DEPLOYMENT",
@@ -26,6 +27,7 @@ ENV_NAMES = {
     "FSAGENT_AGENT_METRICS_PORT", "FSAGENT_SANDBOX_METRICS_PORT", "FSAGENT_CACHE_METRICS_PORT",
     "FSAGENT_MAX_ITERATIONS", "FSAGENT_MAX_CONCURRENT_TOOLS", "FSAGENT_TOOL_TIMEOUT", "FSAGENT_MAX_OUTPUT_BYTES",
     "FSAGENT_MAX_FILE_SIZE", "FSAGENT_API_KEYS", "FSAGENT_LOG_LEVEL", "FSAGENT_LOG_FORMAT", "FSAGENT_BIND_HOST",
+    "FSAGENT_SANDBOX_ISOLATION", "FSAGENT_SANDBOX_UID", "FSAGENT_SANDBOX_GID",
 }
 # Extra variables the test value files pass through config.extraEnv / <component>.extraEnv.
 EXTRA_ENV_IN_TEST_VALUES = {"FSAGENT_CHAT_TIMEOUT", "FSAGENT_CORS_ORIGINS", "FSAGENT_LLM_TIMEOUT"}

@@ -32,6 +32,8 @@ class PrometheusServer:
     targets: dict[str, str]  # job -> "host:port" (path /metrics)
     scrape_interval: str = "1s"
     rule_files: list[Path] = field(default_factory=list)
+    target_labels: dict[str, str] = field(default_factory=dict)  # added to every target (e.g. namespace)
+    extra_args: list[str] = field(default_factory=list)  # e.g. --enable-feature=exemplar-storage
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -49,7 +51,7 @@ class PrometheusServer:
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [target]}]}
+                {"job_name": job, "static_configs": [{"targets": [target], "labels": dict(self.target_labels)}]}
                 for job, target in self.targets.items()
             ],
         }
@@ -57,7 +59,7 @@ class PrometheusServer:
         self.process = subprocess.Popen(
             [binary, f"--config.file={self.workdir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn", *self.extra_args],
             stdout=(self.workdir / "prometheus.log").open("wb"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

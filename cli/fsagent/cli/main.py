@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from fsagent.cli import cache_commands
 from fsagent.common.settings import get_settings
 
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-dir", help="write each service's log to DIR/<service>.log instead of the terminal")
     run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
     run.set_defaults(func=_run)
+    cache_commands.add_parsers(sub)
     return parser
 
 

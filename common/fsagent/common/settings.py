@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     cache_ttl_content: float = Field(3600.0, gt=0, validation_alias=_env("FSAGENT_CACHE_TTL_CONTENT"))
     cache_ttl_search: float = Field(3600.0, gt=0, validation_alias=_env("FSAGENT_CACHE_TTL_SEARCH"))
     cache_timeout: float = Field(0.25, gt=0, validation_alias=_env("FSAGENT_CACHE_TIMEOUT"))
+    # Sandbox: reuse a scope's fingerprint while inotify proves it unchanged (docs/cache.md).
+    cache_watch: bool = Field(True, validation_alias=_env("FSAGENT_CACHE_WATCH"))
     session_ttl: float = Field(7 * 86400.0, gt=0, validation_alias=_env("FSAGENT_SESSION_TTL"))
     session_max_messages: int = Field(50, ge=2, validation_alias=_env("FSAGENT_SESSION_MAX_MESSAGES"))
 
@@ -104,6 +106,16 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(
         32_000, ge=1, validation_alias=_env("FSAGENT_MAX_MESSAGE_CHARS")
     )
+
+    # --- sandbox -----------------------------------------------------------------------------
+    # auto: every wall that works here (bubblewrap, Landlock, unprivileged uid); bwrap: refuse to
+    # start without bubblewrap; none: only process group, empty environment, rlimits and uid.
+    sandbox_isolation: Literal["auto", "bwrap", "none"] = Field(
+        "auto", validation_alias=_env("FSAGENT_SANDBOX_ISOLATION")
+    )
+    # The uid/gid tool processes run as when the sandbox service runs as root (default: nobody).
+    sandbox_uid: int = Field(65534, ge=0, validation_alias=_env("FSAGENT_SANDBOX_UID"))
+    sandbox_gid: int = Field(65534, ge=0, validation_alias=_env("FSAGENT_SANDBOX_GID"))
 
     # --- gateway -----------------------------------------------------------------------------
     # Comma-separated keys; when set, /api/* needs `Authorization: Bearer <key>` or `X-API-Key`.

@@ -53,6 +53,22 @@ INVALIDATIONS_TOTAL = Counter(
 )
 
 
+def _initialise() -> None:
+    # Series exist (at 0) from the start, like the agent's and the sandbox's, so hit ratios, rates
+    # and alerts see them before the first hit or invalidation.
+    from fsagent.cache.store import ENTRY_NAMESPACES, HIT, MISS, STALE
+
+    for namespace in ENTRY_NAMESPACES:
+        for result in (HIT, MISS, STALE):
+            OPERATIONS_TOTAL.labels("get", namespace, result)
+        OPERATION_DURATION.labels("get", namespace)
+    for reason in INVALIDATION_REASONS:
+        INVALIDATIONS_TOTAL.labels(reason)
+
+
+_initialise()
+
+
 def reason_label(reason: str) -> str:
     return reason if reason in INVALIDATION_REASONS else "other"
 

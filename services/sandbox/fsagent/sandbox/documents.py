@@ -23,7 +23,7 @@ from typing import AsyncIterator
 import grpc
 
 from fsagent.common.settings import Settings
-from fsagent.sandbox import paths, runner
+from fsagent.sandbox import paths, runner, tools
 from fsagent.sandbox.cache_client import CacheClient
 from fsagent.v1 import sandbox_pb2
 
@@ -77,10 +77,11 @@ class _Target:
 
 
 class Documents:
-    def __init__(self, settings: Settings, cache: CacheClient | None = None) -> None:
+    def __init__(self, settings: Settings, cache: CacheClient | None = None, launcher: runner.Launcher | None = None) -> None:
         self.settings = settings
         self.root_real = paths.root_realpath(settings.data_root)
         self.cache = cache
+        self.launcher = launcher or runner.DIRECT
         self.rg = runner.which("rg")
         self.grep = runner.which("grep")
 
@@ -450,6 +451,8 @@ class Documents:
                 argv.append("--fixed-strings")
             return argv + ["-e", pattern, "--", target]
         if self.grep:
+            if not fixed_strings and tools.has_backreference(pattern):
+                raise DocError(grpc.StatusCode.INVALID_ARGUMENT, tools.BACKREFERENCE_MESSAGE)
             argv = [self.grep, "-rnHZI", "--devices=skip", "--color=never", "-F" if fixed_strings else "-E"]
             if ignore_case:
                 argv.append("-i")
@@ -472,7 +475,7 @@ class Documents:
         sent = 0
         lines = runner.stream_lines(
             argv, cwd=self.root_real, timeout=self.settings.tool_timeout,
-            max_line_bytes=4 * MAX_MATCH_LINE_CHARS + 4096, status=status,
+            max_line_bytes=4 * MAX_MATCH_LINE_CHARS + 4096, status=status, launcher=self.launcher,
         )
         try:
             async for raw in lines:

@@ -6,9 +6,9 @@ status and block-type sets, document operation names and gRPC status code names.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from fsagent.common.metrics import NAMESPACE, SLOW_BUCKETS, exemplar
+from fsagent.common.metrics import FAST_BUCKETS, NAMESPACE, SLOW_BUCKETS, exemplar
 from fsagent.common.toolspec import TOOLS
 
 TOOL_BUCKETS = (0.001, 0.0025) + SLOW_BUCKETS
@@ -51,12 +51,36 @@ CACHE_ERRORS = Counter(
     ["operation"],
     namespace=NAMESPACE,
 )
+# Cache fingerprints (fsagent.sandbox.fingerprint; the rule in cache_policy, docs/cache.md).
+FINGERPRINT_DURATION = Histogram(
+    "sandbox_fingerprint_duration_seconds",
+    "Time to take the fingerprint of what a tool call reads (a walk, or a memo proven unchanged).",
+    ["tool"],
+    namespace=NAMESPACE,
+    buckets=FAST_BUCKETS,
+)
+CACHE_LOCAL_HITS = Counter(
+    "sandbox_cache_local_hits_total",
+    "Cache hits answered by the sandbox's in-process tier (also counted in sandbox_cache_lookups_total).",
+    namespace=NAMESPACE,
+)
+for _tool in [*TOOLS, "unknown"]:
+    FINGERPRINT_DURATION.labels(_tool)
 DOCUMENT_OPERATIONS = Counter(
     "documents_operations_total",
     "Documents API operations served by the sandbox, by operation and gRPC status code.",
     ["operation", "status"],
     namespace=NAMESPACE,
 )
+
+CONFINEMENT_ACTIVE = Gauge(
+    "sandbox_confinement_active",
+    "Whether a confinement layer is active for tool processes (1) or not (0), detected at start: "
+    "process_group, empty_env, rlimits, unprivileged_uid, bubblewrap, landlock.",
+    ["layer"],
+    namespace=NAMESPACE,
+)
+CONFINEMENT_LAYERS = ("process_group", "empty_env", "rlimits", "unprivileged_uid", "bubblewrap", "landlock")
 
 BLOCK_TYPES = ("path_outside_root", "flag_not_allowed", "file_type", "output_cap", "timeout", "invalid_arguments")
 STATUSES = ("success", "error", "blocked", "timeout")
@@ -86,6 +110,8 @@ def _initialise() -> None:
         CACHE_LOOKUPS.labels(result)
     for op in ("put", "invalidate"):
         CACHE_ERRORS.labels(op)
+    for layer in CONFINEMENT_LAYERS:
+        CONFINEMENT_ACTIVE.labels(layer).set(0)
 
 
 _initialise()

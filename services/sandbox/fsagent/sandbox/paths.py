@@ -8,6 +8,7 @@ only relative paths (or what the caller sent), never a host path.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ def resolve_entry(
         raise PathError("not_found", f"no such file or directory: {rel} (a parent is a file)") from None
     except PermissionError:
         raise PathError("not_found", f"permission denied: {rel}") from None
+    except OSError as exc:  # ENAMETOOLONG, ELOOP...: a message, never a host path
+        raise _os_error(exc, rel) from None
     mode = st.st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise PathError("file_type", f"{rel} is not a regular file or directory (devices, FIFOs and sockets are refused)")
@@ -140,7 +143,15 @@ def resolve_for_write(root: str | os.PathLike[str], user_path: str) -> Resolved:
         st: os.stat_result | None = os.lstat(abs_path)
     except (FileNotFoundError, NotADirectoryError):
         st = None
+    except OSError as exc:
+        raise _os_error(exc, rel) from None
     return Resolved(abs_path, rel, st)
+
+
+def _os_error(exc: OSError, rel: str) -> PathError:
+    reason = os.strerror(exc.errno) if exc.errno else "cannot access"
+    code = "invalid_arguments" if exc.errno == errno.ENAMETOOLONG else "not_found"
+    return PathError(code, f"{_echo(rel)}: {reason}")
 
 
 def fd_beneath_root(fd: int, root_real: str) -> bool:

@@ -1,17 +1,20 @@
 """Run one binary (rg, grep, find) confined and capped; never through a shell.
 
 The child gets: cwd = the data root, stdin = /dev/null, an environment of only PATH and
-LC_ALL=C.UTF-8, its own session (so the whole process group can be killed), and rlimits set in the
-child before it execs the tool (CPU seconds, address space, no file writes, few open files, few
-processes). stdout is read incrementally up to a byte cap; past it, or past the timeout, the
-process group is killed.
+LC_ALL=C.UTF-8, its own session (so the whole process group can be killed), and rlimits (CPU
+seconds, address space, no file writes, few open files, few processes). stdout is read
+incrementally up to a byte cap; past it, or past the timeout, the process group is killed.
 
-How the rlimits get into the child: through util-linux `prlimit` (argv `prlimit --cpu=.. --as=..
--- /usr/bin/rg ...`), which sets them on itself and execs the tool. That way no Python code runs
-in the forked child: a `preexec_fn` forces a real fork() of this multi-threaded gRPC process and
-runs Python's and gRPC's at-fork handlers in the child, which was measured to kill children with
-SIGSEGV now and then. When prlimit is missing, `preexec_fn` (setrlimit only) is the fallback, with
-gRPC's fork handlers turned off (see fsagent/sandbox/__init__.py).
+Who starts the child is a `Launcher`:
+- the confined spawner (fsagent/sandbox/spawner.py, started once by isolation.py): a small
+  single-threaded process already inside bubblewrap / Landlock / the unprivileged uid; it forks
+  each tool and sets the rlimits in the child. The default in the service.
+- `DirectLauncher` (here), the fallback: `prlimit [setpriv] tool` started from this process.
+  util-linux `prlimit` sets the rlimits on itself and execs the tool, so no Python code runs in
+  the forked child: a `preexec_fn` forces a real fork() of this multi-threaded gRPC process and
+  runs Python's and gRPC's at-fork handlers in the child, which was measured to kill children
+  with SIGSEGV now and then. When prlimit is missing, `preexec_fn` (setrlimit only) is the last
+  resort, with gRPC's fork handlers turned off (see fsagent/sandbox/__init__.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Protocol, Sequence
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 CHILD_ENV = {"PATH": SAFE_PATH, "LC_ALL": "C.UTF-8"}
@@ -54,6 +57,7 @@ class Limits:
 
 
 PRLIMIT = shutil.which("prlimit", path=SAFE_PATH + ":/usr/sbin:/sbin")
+SETPRIV = shutil.which("setpriv", path=SAFE_PATH + ":/usr/sbin:/sbin")
 
 
 def _prlimit_prefix(limits: Limits) -> list[str]:
@@ -70,16 +74,27 @@ def _prlimit_prefix(limits: Limits) -> list[str]:
     ]
 
 
+def rlimits(limits: Limits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) triples, as the spawner and the preexec fallback set them."""
+    return [
+        (resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1),
+        (resource.RLIMIT_AS, limits.address_space, limits.address_space),
+        (resource.RLIMIT_FSIZE, 0, 0),
+        (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        (resource.RLIMIT_NPROC, limits.processes, limits.processes),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+
+
+def inherited_rlimits(limits: Limits | None = None) -> list[tuple[int, int, int]]:
+    """The limits a long-lived parent (the spawner) can carry itself: all but CPU seconds."""
+    limits = limits or Limits(cpu_seconds=1)
+    return [item for item in rlimits(limits) if item[0] != resource.RLIMIT_CPU]
+
+
 def _preexec(limits: Limits):  # type: ignore[no-untyped-def]
     # Values are bound here, in the parent: the child only makes C calls before exec.
-    settings = (
-        (resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)),
-        (resource.RLIMIT_AS, (limits.address_space, limits.address_space)),
-        (resource.RLIMIT_FSIZE, (0, 0)),
-        (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
-        (resource.RLIMIT_NPROC, (limits.processes, limits.processes)),
-        (resource.RLIMIT_CORE, (0, 0)),
-    )
+    settings = tuple((which_, (soft, hard)) for which_, soft, hard in rlimits(limits))
     setrlimit = resource.setrlimit
 
     def apply() -> None:
@@ -105,56 +120,200 @@ class RunResult:
     duration: float
 
 
-async def _reap(proc: asyncio.subprocess.Process, *, stderr_too: bool = True) -> None:
-    """Kill what is left, drain the pipes to EOF, and wait for the exit.
+class PipeReader:
+    """The read end of a child's stdout or stderr pipe, read without a transport.
 
-    Draining matters: a stream we stopped reading (cap, enough results) has its transport paused,
-    so EOF is never seen, and Process.wait() only returns once every pipe is closed.
+    Tools like rg write once per file, so a big search arrives as hundreds of small writes; a
+    reader woken for each costs more CPU than the search itself on a small machine. So once a call
+    has run for a while (COALESCE_AFTER_SECONDS), after a short read this one waits a little before
+    asking again (the fd is not watched meanwhile) and lets the pipe buffer fill: 5% of the call's
+    age, at most 10 ms. A quick call is never slowed; a long one is read in a few dozen large
+    reads. After a full read it reads again at once (more is waiting).
     """
-    _kill_group(proc)
-    streams = [proc.stdout, proc.stderr] if stderr_too else [proc.stdout]
 
-    async def drain(stream: asyncio.StreamReader) -> None:
+    COALESCE_AFTER_SECONDS = 0.010
+    MAX_WAIT, WAIT_SHARE = 0.010, 0.05
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd: int | None = fd
+        self.reads = 0
+        self.started = time.monotonic()
+        self.last_full = False
+        self.eof = False
+
+    def _try_read(self, size: int) -> bytes | None:
+        if self.fd is None:
+            return b""
+        try:
+            return os.read(self.fd, size)
+        except BlockingIOError:
+            return None
+
+    async def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (READ_CHUNK when negative); b"" at EOF (or once closed)."""
+        size = READ_CHUNK if size < 0 else size
+        if self.eof:
+            return b""
+        age = time.monotonic() - self.started
+        if age > self.COALESCE_AFTER_SECONDS and not self.last_full:
+            await asyncio.sleep(min(self.MAX_WAIT, age * self.WAIT_SHARE))
+        data = self._try_read(size)
+        while data is None:
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+            fd = self.fd
+            assert fd is not None
+            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+            data = self._try_read(size)
+        self.reads += 1
+        self.last_full = len(data) == size
+        self.eof = not data
+        return data
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def pipe_pair() -> tuple[PipeReader, int]:
+    """A pipe for a child's output: (our reader, the write end to hand to the child)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    return PipeReader(read_end), write_end
+
+
+class Child(Protocol):
+    """A started tool process: its output streams, its exit, and a kill for its process group."""
+
+    stdout: PipeReader
+    stderr: PipeReader
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group (the child leads its own session); idempotent."""
+
+    async def wait(self) -> int | None: ...
+
+    def close(self) -> None:
+        """Release our ends of its pipes (after the child is gone and read)."""
+
+
+class Launcher(Protocol):
+    """How a tool process gets started (directly, or through the confined spawner)."""
+
+    name: str
+
+    async def spawn(self, argv: Sequence[str], cwd: str, limits: Limits) -> Child: ...
+
+    async def close(self) -> None: ...
+
+
+class _ProcessChild:
+    def __init__(self, proc: asyncio.subprocess.Process, stdout: PipeReader, stderr: PipeReader) -> None:
+        self.proc = proc
+        self.stdout = stdout
+        self.stderr = stderr
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        # killpg only: Process.kill() goes through Popen.send_signal(), which poll()s and may reap
+        # the child behind asyncio's child watcher (the exit status is then lost: "unknown child").
+        # The child leads its own session, so its process group id is its pid; until the watcher
+        # has reaped it (returncode set) that id cannot have been reused.
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def wait(self) -> int | None:
+        return await self.proc.wait()
+
+    def close(self) -> None:
+        self.stdout.close()
+        self.stderr.close()
+
+
+async def spawn_process(argv: Sequence[str], cwd: str, *, preexec: Any = None) -> Child:
+    """Start argv from this process in a new session with our own pipes (no shell, no env)."""
+    stdout, out_w = pipe_pair()
+    stderr, err_w = pipe_pair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            env=dict(CHILD_ENV),
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=preexec,
+        )
+    except BaseException:
+        stdout.close()
+        stderr.close()
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    return _ProcessChild(proc, stdout, stderr)
+
+
+class DirectLauncher:
+    """Start each tool from this process: `prlimit [setpriv] tool`, a fresh session, no shell.
+
+    The basic layers only (process group, empty environment, rlimits, and an unprivileged uid
+    through util-linux setpriv when `uid` is given); it is the fallback when the spawner cannot run.
+    """
+
+    name = "direct"
+
+    def __init__(self, uid: int | None = None, gid: int | None = None) -> None:
+        self.uid = uid
+        self.gid = gid if gid is not None else uid
+
+    def prefix(self, limits: Limits) -> list[str]:
+        prefix = _prlimit_prefix(limits) if PRLIMIT else []
+        if self.uid is not None and SETPRIV:
+            prefix += [SETPRIV, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs", "--"]
+        return prefix
+
+    async def spawn(self, argv: Sequence[str], cwd: str, limits: Limits) -> Child:
+        return await spawn_process([*self.prefix(limits), *argv], cwd, preexec=None if PRLIMIT else _preexec(limits))
+
+    async def close(self) -> None:
+        return None
+
+
+DIRECT = DirectLauncher()
+
+
+async def _reap(child: Child, *, stderr_too: bool = True) -> None:
+    """Kill what is left, drain the pipes to EOF (bounded), and wait for the exit."""
+    child.kill()
+    streams = [child.stdout, child.stderr] if stderr_too else [child.stdout]
+
+    async def drain(stream: PipeReader) -> None:
         while await stream.read(READ_CHUNK):
             pass
 
     with contextlib.suppress(Exception):
         await asyncio.wait_for(asyncio.gather(*(drain(s) for s in streams if s is not None)), 2)
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(proc.wait(), 5)
+        await asyncio.wait_for(child.wait(), 5)
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    # killpg only: Process.kill() goes through Popen.send_signal(), which poll()s and may reap the
-    # child behind asyncio's child watcher (the exit status is then lost: "unknown child").
-    # The child leads its own session, so its process group id is its pid; until the watcher has
-    # reaped it (returncode set) that id cannot have been reused.
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-async def _spawn(argv: Sequence[str], cwd: str, limits: Limits) -> asyncio.subprocess.Process:
-    if PRLIMIT:
-        full, preexec = [*_prlimit_prefix(limits), *argv], None
-    else:
-        full, preexec = list(argv), _preexec(limits)
-    return await asyncio.create_subprocess_exec(
-        *full,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(CHILD_ENV),
-        start_new_session=True,
-        close_fds=True,
-        preexec_fn=preexec,
-        limit=READ_CHUNK,
-    )
-
-
-async def _drain_stderr(stream: asyncio.StreamReader, sink: bytearray) -> None:
+async def _drain_stderr(stream: PipeReader, sink: bytearray) -> None:
     while True:
         chunk = await stream.read(READ_CHUNK)
         if not chunk:
@@ -171,18 +330,17 @@ async def run(
     timeout: float,
     max_output_bytes: int,
     limits: Limits | None = None,
+    launcher: Launcher | None = None,
 ) -> RunResult:
     """Run argv to completion, the cap, or the timeout, whichever comes first."""
     limits = limits or Limits.for_timeout(timeout)
     started = time.perf_counter()
-    proc = await _spawn(argv, cwd, limits)
-    assert proc.stdout is not None and proc.stderr is not None
+    proc = await (launcher or DIRECT).spawn(argv, cwd, limits)
     out = bytearray()
     err = bytearray()
     state = {"truncated": False, "omitted": 0}
 
     async def read_stdout() -> None:
-        assert proc.stdout is not None
         while True:
             chunk = await proc.stdout.read(READ_CHUNK)
             if not chunk:
@@ -198,10 +356,10 @@ async def run(
             out.extend(chunk[:room])
             state["truncated"] = True
             state["omitted"] = len(chunk) - room
-            _kill_group(proc)
+            proc.kill()
 
     async def body() -> None:
-        await asyncio.gather(read_stdout(), _drain_stderr(proc.stderr, err))  # type: ignore[arg-type]
+        await asyncio.gather(read_stdout(), _drain_stderr(proc.stderr, err))
         await proc.wait()
 
     timed_out = False
@@ -212,6 +370,7 @@ async def run(
     finally:
         # Timeout, cap, or our caller cancelled: no child outlives the call.
         await _reap(proc)
+        proc.close()
     truncated = bool(state["truncated"])
     exit_code = None if (timed_out or truncated) else proc.returncode
     return RunResult(
@@ -234,6 +393,7 @@ async def stream_lines(
     max_line_bytes: int = 64 * 1024,
     limits: Limits | None = None,
     status: dict[str, object] | None = None,
+    launcher: Launcher | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield stdout lines (without the newline) as they come; same confinement as run().
 
@@ -242,8 +402,7 @@ async def stream_lines(
     filled with exit_code, timed_out and stderr once the child is gone.
     """
     limits = limits or Limits.for_timeout(timeout)
-    proc = await _spawn(argv, cwd, limits)
-    assert proc.stdout is not None and proc.stderr is not None
+    proc = await (launcher or DIRECT).spawn(argv, cwd, limits)
     err = bytearray()
     err_task = asyncio.ensure_future(_drain_stderr(proc.stderr, err))
     deadline = time.monotonic() + timeout
@@ -285,5 +444,6 @@ async def stream_lines(
         await _reap(proc, stderr_too=False)  # err_task is still reading stderr
         with contextlib.suppress(Exception):
             await asyncio.wait_for(err_task, 1)
+        proc.close()
         if status is not None:
             status.update(exit_code=proc.returncode, timed_out=timed_out, stderr=bytes(err))

@@ -11,7 +11,7 @@ import grpc
 
 from fsagent.common import toolspec
 from fsagent.common.settings import Settings
-from fsagent.sandbox import metrics
+from fsagent.sandbox import isolation, metrics, runner
 from fsagent.sandbox.cache_client import CacheClient
 from fsagent.sandbox.documents import DocError, Documents
 from fsagent.sandbox.executor import Executor
@@ -20,6 +20,7 @@ from fsagent.v1 import sandbox_pb2, sandbox_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "fsagent.v1.Sandbox"
+INTERNAL_MESSAGE = "internal error in the sandbox"
 
 
 def _done(operation: str, code: grpc.StatusCode) -> None:
@@ -27,10 +28,11 @@ def _done(operation: str, code: grpc.StatusCode) -> None:
 
 
 class SandboxServicer(sandbox_pb2_grpc.SandboxServicer):
-    def __init__(self, settings: Settings, cache: CacheClient | None = None) -> None:
+    def __init__(self, settings: Settings, cache: CacheClient | None = None, launcher: runner.Launcher | None = None) -> None:
         self.settings = settings
-        self.executor = Executor(settings, cache)
-        self.documents = Documents(settings, cache)
+        self.executor = Executor(settings, cache, launcher)
+        self.documents = Documents(settings, cache, launcher)
+        self.confinement: isolation.Report | None = None  # what make_setup detected
         self._tools_json = json.dumps(toolspec.openai_tools())
 
     # -- tools -----------------------------------------------------------------------------
@@ -50,8 +52,10 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServicer):
             _done(operation, exc.code)
             await context.abort(exc.code, exc.message)
         except Exception:
+            # Never let grpc turn the exception into the status details: they would carry host paths.
+            log.exception("document operation failed", extra={"operation": operation})
             _done(operation, grpc.StatusCode.INTERNAL)
-            raise
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         _done(operation, grpc.StatusCode.OK)
         return result
 
@@ -83,8 +87,9 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServicer):
             _done(operation, exc.code)
             await context.abort(exc.code, exc.message)
         except Exception:
+            log.exception("document stream failed", extra={"operation": operation})
             _done(operation, grpc.StatusCode.INTERNAL)
-            raise
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         _done(operation, grpc.StatusCode.OK)
 
     async def StreamFile(self, request: sandbox_pb2.StreamFileRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -106,11 +111,14 @@ def make_setup(settings: Settings, cache_address: str | None = None):  # type: i
     """A lifecycle `setup`: register the servicer (with its cache client) and return the cleanups."""
 
     async def setup(server: grpc.aio.Server) -> Sequence[Any]:
+        # The walls around tool processes, detected once (may refuse to start: isolation=bwrap).
+        confinement = await isolation.start(settings)
         address = settings.cache_addr if cache_address is None else cache_address
         cache = CacheClient(address, settings.cache_timeout) if address else None
-        servicer = SandboxServicer(settings, cache)
+        servicer = SandboxServicer(settings, cache, confinement.launcher)
+        servicer.confinement = confinement.report
         sandbox_pb2_grpc.add_SandboxServicer_to_server(servicer, server)
-        cleanups = []
+        cleanups = [confinement.close]
         if cache is not None:
             cleanups.append(cache.close)
         return cleanups

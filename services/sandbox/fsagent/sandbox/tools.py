@@ -71,9 +71,14 @@ class Context:
     rg: str | None = None
     grep: str | None = None
     find: str | None = None
+    # Who starts rg/grep/find: the confined spawner in the service (see isolation.py).
+    launcher: runner.Launcher = field(default=runner.DIRECT, compare=False)
 
     @classmethod
-    def create(cls, data_root: str | os.PathLike[str], max_output_bytes: int, timeout: float) -> "Context":
+    def create(
+        cls, data_root: str | os.PathLike[str], max_output_bytes: int, timeout: float,
+        launcher: runner.Launcher | None = None,
+    ) -> "Context":
         return cls(
             root_real=paths.root_realpath(data_root),
             max_output_bytes=max_output_bytes,
@@ -81,6 +86,7 @@ class Context:
             rg=runner.which("rg"),
             grep=runner.which("grep"),
             find=runner.which("find"),
+            launcher=launcher or runner.DIRECT,
         )
 
     @property
@@ -162,6 +168,10 @@ def prepare(ctx: Context, tool: str, args: BaseModel) -> Prepared:
         r = paths.resolve_entry(root, user_path)
         p.fp_targets.append(FpTarget(r.rel, r.abs, "scope" if r.is_dir else "file", args.max_depth))
     elif tool == "grep":
+        assert isinstance(args, ts.GrepArgs)
+        if "\x00" in args.pattern:
+            # Never reaches an argv (exec would refuse it anyway, as an internal error).
+            raise paths.PathError("invalid_arguments", "pattern must not contain NUL bytes")
         r = paths.resolve_entry(root, user_path)
         p.fp_targets.append(FpTarget(r.rel, r.abs, "scope" if r.is_dir else "file", None))
     else:  # pragma: no cover - toolspec and this module list the same tools
@@ -218,15 +228,40 @@ def _strip_dot_slash(data: bytes) -> bytes:
 # grep and find: binaries
 
 
-def grep_argv(ctx: Context, a: ts.GrepArgs, rel: str) -> list[str]:
+BACKREFERENCE_MESSAGE = (
+    "backreferences (\\1 ... \\9) are not supported: they make matching exponential; "
+    "search for the literal text instead"
+)
+
+
+def has_backreference(pattern: str) -> bool:
+    """Does an extended regex use a backreference? (Refused for GNU grep, like rg refuses them:
+    with backreferences GNU grep leaves its linear DFA for an exponential backtracking matcher.)"""
+    i = 0
+    while i < len(pattern) - 1:
+        if pattern[i] == "\\":
+            if pattern[i + 1] in "123456789":
+                return True
+            i += 2
+            continue
+        i += 1
+    return False
+
+
+def grep_argv(ctx: Context, a: ts.GrepArgs, rel: str, *, single_thread: bool = False) -> list[str]:
+    """The search argv. Paths are NUL-terminated in the output (`--null`): the output is put in
+    path order here (sort_grep_output), so rg may search in parallel (`--sort` would force one
+    thread); `single_thread` for a file or a small tree, where starting threads costs more."""
     target = _operand(rel)
     if ctx.rg:
         argv = [
-            ctx.rg, "--no-config", "--no-heading", "--with-filename", "--line-number",
-            "--color", "never", "--no-follow", "--no-ignore", "--sort", "path",
+            ctx.rg, "--no-config", "--no-heading", "--with-filename", "--line-number", "--null",
+            "--color", "never", "--no-follow", "--no-ignore",
             "--max-columns", "1000", "--max-columns-preview",
             "--ignore-case" if a.ignore_case else "--case-sensitive",
         ]
+        if single_thread:
+            argv.append("--threads=1")
         if a.fixed_strings:
             argv.append("--fixed-strings")
         if a.word:
@@ -244,7 +279,9 @@ def grep_argv(ctx: Context, a: ts.GrepArgs, rel: str) -> list[str]:
     if ctx.grep:
         # Fallback when rg is missing: same output format; binary files and devices skipped
         # like rg does (unlike rg it also searches hidden files).
-        argv = [ctx.grep, "-rnH", "--color=never", "--binary-files=without-match", "--devices=skip",
+        if not a.fixed_strings and has_backreference(a.pattern):
+            raise ToolError("invalid_arguments", BACKREFERENCE_MESSAGE)
+        argv = [ctx.grep, "-rnH", "--null", "--color=never", "--binary-files=without-match", "--devices=skip",
                 "-F" if a.fixed_strings else "-E"]
         if a.ignore_case:
             argv.append("-i")
@@ -261,6 +298,75 @@ def grep_argv(ctx: Context, a: ts.GrepArgs, rel: str) -> list[str]:
         argv += ["-e", a.pattern, "--", target]
         return argv
     raise ToolError("internal", "no search binary (rg or grep) is installed in the sandbox")
+
+
+SMALL_TREE_ENTRIES = 300
+
+
+def small_tree(path: str, limit: int = SMALL_TREE_ENTRIES) -> bool:
+    """At most `limit` entries beneath a directory? (Bounded: stops reading at limit + 1.)"""
+    count = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    count += 1
+                    if count > limit:
+                        return False
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return True
+
+
+def _path_key(path: bytes) -> list[bytes]:
+    return path.split(b"/")  # directory by directory, like a sorted walk ("a/b" before "a-c")
+
+
+def sort_grep_output(data: bytes, *, files_only: bool, context: bool) -> bytes:
+    """`--null` output of rg or GNU grep, in path order, as `path:LINE:text` / `path-LINE-text`.
+
+    A file's lines keep their order (and their `--` group separators); files are sorted by path,
+    with `--` between files when context lines are shown. Lines that name no file (rg's "binary
+    file matches" notice) come first. Paths lose their leading "./".
+    """
+    def clean(path: bytes) -> bytes:
+        return path[2:] if path.startswith(b"./") else path
+
+    if files_only:
+        paths = sorted((clean(p.strip(b"\n")) for p in data.split(b"\0") if p.strip(b"\n")), key=_path_key)
+        return b"".join(p + b"\n" for p in paths)
+    notices: list[bytes] = []
+    files: dict[bytes, list[bytes]] = {}
+    last: bytes | None = None
+    separator = False
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        if line == b"--":
+            separator = True
+            continue
+        path, nul, rest = line.partition(b"\0")
+        if not nul:
+            notices.append(_strip_dot_slash(line))
+            continue
+        digits = len(rest) - len(rest.lstrip(b"0123456789"))
+        sep = rest[digits:digits + 1] if digits else b":"
+        path = clean(path)
+        group = files.setdefault(path, [])
+        if separator and last == path and group:
+            group.append(b"--")
+        separator = False
+        last = path
+        group.append(path + sep + rest)
+    out = list(notices)
+    for i, path in enumerate(sorted(files, key=_path_key)):
+        if i and context:
+            out.append(b"--")
+        out.extend(files[path])
+    return b"".join(line + b"\n" for line in out)
 
 
 def find_argv(ctx: Context, a: ts.FindArgs, rel: str) -> list[str]:
@@ -280,7 +386,9 @@ def find_argv(ctx: Context, a: ts.FindArgs, rel: str) -> list[str]:
 
 
 async def _run_binary(ctx: Context, argv: list[str], postprocess: Callable[[bytes], bytes]) -> tuple[runner.RunResult, ToolOutput]:
-    res = await runner.run(argv, cwd=ctx.root_real, timeout=ctx.timeout, max_output_bytes=ctx.max_output_bytes)
+    res = await runner.run(
+        argv, cwd=ctx.root_real, timeout=ctx.timeout, max_output_bytes=ctx.max_output_bytes, launcher=ctx.launcher
+    )
     out = ToolOutput(command=_command(argv), stderr=_sanitize(_decode(res.stderr), ctx).strip())
     data = res.stdout
     omitted, exact = res.omitted_bytes, res.omitted_exact
@@ -318,8 +426,13 @@ _BAD_PATTERN_WORDS = (
 async def grep(ctx: Context, p: Prepared) -> ToolOutput:
     a = p.args
     assert isinstance(a, ts.GrepArgs)
-    argv = grep_argv(ctx, a, p.targets[0].rel)
-    res, out = await _run_binary(ctx, argv, lambda data: _strip_dot_slash(data))
+    target = p.targets[0]
+    # A bounded look (at most SMALL_TREE_ENTRIES entries read) decides whether threads pay off.
+    single = not target.is_dir or small_tree(target.abs)
+    argv = grep_argv(ctx, a, target.rel, single_thread=single)
+    res, out = await _run_binary(
+        ctx, argv, lambda data: sort_grep_output(data, files_only=a.files_with_matches, context=bool(a.context))
+    )
     if out.timed_out or out.truncated:
         return out
     if res.exit_code == 0:
