@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.cache_fingerprint import age
 from benchmarks.corpus import make_corpus
-from fsagent.cli.localstack import LocalStack, Ports
+from benchmarks.stack import scripted_stack
 from fsagent.common import grpcutil
 from fsagent.v1 import agent_pb2, agent_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
 from tests.fakes.openai_server import ScriptedOpenAI, turns_since_user
@@ -202,12 +202,7 @@ async def run(args: argparse.Namespace) -> None:
         root = make_data(Path(tmp) / "data", args.files)
         script = OneToolScript()
         llm = ScriptedOpenAI(script=script).start()
-        stack = LocalStack(
-            data_root=root, cache_dir=Path(tmp) / "cache", ports=Ports.free(), log_dir=Path(tmp) / "logs",
-            extra_env={"FSAGENT_LOG_LEVEL": "WARNING", "FSAGENT_LLM_PROVIDER": "openai",
-                       "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench",
-                       "LANGFUSE_PUBLIC_KEY": "", "LANGFUSE_SECRET_KEY": ""},
-        )
+        stack = scripted_stack(Path(tmp), root, llm)
         try:
             for service, port in (("cache", stack.ports.cache), ("sandbox", stack.ports.sandbox)):
                 stack.start_service(service)

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.corpus import make_corpus
-from fsagent.cli.localstack import LocalStack, Ports
+from benchmarks.stack import start_scripted_stack
+from fsagent.cli.localstack import LocalStack
 from tests.fakes.openai_server import ScriptedOpenAI, three_step_script
 
 
@@ -42,17 +43,7 @@ def percentiles(samples: list[float]) -> str:
 
 def start(tmp: Path, files: int, extra_env: dict[str, str] | None = None) -> tuple[LocalStack, ScriptedOpenAI]:
     llm = ScriptedOpenAI(script=needle_script).start()
-    stack = LocalStack(
-        data_root=make_corpus(tmp / "data", files),
-        cache_dir=tmp / "cache",
-        ports=Ports.free(),
-        log_dir=tmp / "logs",
-        extra_env={"FSAGENT_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench",
-                   "FSAGENT_LOG_LEVEL": "WARNING", "LANGFUSE_PUBLIC_KEY": "", "LANGFUSE_SECRET_KEY": "",
-                   **(extra_env or {})},
-    )
-    stack.start(timeout=60)
-    return stack, llm
+    return start_scripted_stack(tmp, make_corpus(tmp / "data", files), llm, extra_env), llm
 
 
 def sequential(base: str, n: int) -> list[float]:

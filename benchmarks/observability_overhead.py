@@ -39,7 +39,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.corpus import make_corpus
 from benchmarks.e2e_chat import needle_script, percentiles
-from fsagent.cli.localstack import LocalStack, Ports
+from benchmarks.stack import start_scripted_stack
+from fsagent.cli.localstack import LocalStack
 from fsagent.common.metrics import RPC_BUCKETS
 from tests.fakes.langfuse_server import FakeLangfuse
 from tests.fakes.openai_server import ScriptedOpenAI
@@ -79,17 +80,7 @@ _m.Histogram.observe = _Noop.inc
 
 
 def start_stack(tmp: Path, name: str, data: Path, llm: ScriptedOpenAI, env: dict[str, str]) -> LocalStack:
-    stack = LocalStack(
-        data_root=data, cache_dir=tmp / name / "cache", ports=Ports.free(), log_dir=tmp / name / "logs",
-        extra_env={"FSAGENT_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench",
-                   "FSAGENT_LOG_LEVEL": "WARNING", "LANGFUSE_PUBLIC_KEY": "", "LANGFUSE_SECRET_KEY": "", **env},
-    )
-    try:
-        stack.start(timeout=60)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+    return start_scripted_stack(tmp / name, data, llm, env)
 
 
 def chat(client: httpx.Client) -> float:

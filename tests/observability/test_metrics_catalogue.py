@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from monitoring import render_metrics_doc
-from monitoring.render_metrics_doc import allowed, load
+from monitoring.render_metrics_doc import allowed
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "agent", "sandbox", "cache")
@@ -39,14 +38,6 @@ ROADMAP = {
 }
 
 
-@pytest.fixture(scope="module")
-def catalogue() -> dict[str, Any]:
-    return load()
-
-
-@pytest.fixture(scope="module")
-def by_name(catalogue: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {m["name"]: m for m in catalogue["metrics"]}
 
 
 def values_of(catalogue: dict[str, Any], name: str, label: str) -> set[str]:

@@ -49,7 +49,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from fsagent.cli.localstack import LocalStack
-from monitoring.render_metrics_doc import allowed, load
+from monitoring.render_metrics_doc import allowed
 from tests.fakes.langfuse_server import FakeLangfuse
 from tests.fakes.openai_server import ScriptedOpenAI, three_step_script, turns_since_user
 from tests.fakes.prometheus_server import PrometheusServer, prometheus_binary
@@ -229,14 +229,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         receiver.stop()
 
 
-@pytest.fixture(scope="module")
-def catalogue() -> dict[str, Any]:
-    return load()
-
-
-@pytest.fixture(scope="module")
-def by_name(catalogue: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {m["name"]: m for m in catalogue["metrics"]}
 
 
 # --- helpers ------------------------------------------------------------------------------------------
