@@ -83,6 +83,7 @@ def test_default_install_has_the_expected_objects(helm):
         ("StatefulSet", "fsagent-cache"),
         ("Service", "fsagent-gateway"), ("Service", "fsagent-agent"), ("Service", "fsagent-sandbox"),
         ("Service", "fsagent-cache"), ("Service", "fsagent-cache-headless"),
+        ("Service", "fsagent-agent-headless"), ("Service", "fsagent-sandbox-headless"),
         ("PersistentVolumeClaim", "fsagent-data"), ("ConfigMap", "fsagent-config"), ("ServiceAccount", "fsagent"),
         ("HorizontalPodAutoscaler", "fsagent-gateway"), ("HorizontalPodAutoscaler", "fsagent-agent"),
         ("NetworkPolicy", "fsagent-default-deny"),
@@ -145,6 +146,37 @@ def test_probes_ports_and_services(helm):
     assert r.get("Service", "fsagent-cache-headless")["spec"]["clusterIP"] == "None"
 
 
+@pytest.mark.parametrize("headless", [True, False])
+def test_agent_and_sandbox_addresses_follow_grpc_headless_services(helm, headless):
+    r = helm.template(sets=[f"grpc.headlessServices={str(headless).lower()}"])
+    cm = r.get("ConfigMap", "fsagent-config")["data"]
+    services = {s["metadata"]["name"] for s in r.kind("Service")}
+    monitors = r.kind("ServiceMonitor")
+    assert monitors
+    for comp in ("agent", "sandbox"):
+        port = GRPC_PORTS[comp]
+        address = cm[f"FSAGENT_{comp.upper()}_ADDR"]
+        # The service listens on the port taken from its own address (lifecycle.host_port).
+        assert int(address.rpartition(":")[2]) == port
+        if not headless:
+            assert address == f"fsagent-{comp}:{port}"
+            assert f"fsagent-{comp}-headless" not in services
+            continue
+        assert address == f"dns:///fsagent-{comp}-headless.fsagent.svc:{port}"
+        svc = r.get("Service", f"fsagent-{comp}-headless")
+        cluster = r.get("Service", f"fsagent-{comp}")
+        assert svc["spec"]["clusterIP"] == "None"
+        assert svc["spec"]["selector"] == cluster["spec"]["selector"]
+        assert svc["spec"]["ports"] == cluster["spec"]["ports"]
+        labels = svc["metadata"]["labels"]
+        assert labels["fsagent.io/headless"] == "true"
+        # Every ServiceMonitor excludes it, or each pod would be scraped twice.
+        for sm in monitors:
+            assert {"key": "fsagent.io/headless", "operator": "DoesNotExist"} in sm["spec"]["selector"][
+                "matchExpressions"], sm["metadata"]["name"]
+    assert cm["FSAGENT_CACHE_ADDR"] == "fsagent-cache:50053"
+
+
 def test_service_selectors_match_their_pods(combination):
     name, r = combination
     pods = {component_of(w): w["spec"]["template"]["metadata"]["labels"] for w in r.workloads()}
@@ -166,8 +198,9 @@ def test_configuration_names_match_the_architecture(combination):
     allowed = ENV_NAMES | EXTRA_ENV_IN_TEST_VALUES
     assert set(cm) <= allowed, f"[{name}] unknown config keys {set(cm) - allowed}"
     assert cm["FSAGENT_BIND_HOST"] == "0.0.0.0"
-    assert cm["FSAGENT_AGENT_ADDR"] == "fsagent-agent:50051"
-    assert cm["FSAGENT_SANDBOX_ADDR"] == "fsagent-sandbox:50052"
+    # grpc.headlessServices is on in every test value file: client-side round_robin over the pods.
+    assert cm["FSAGENT_AGENT_ADDR"] == "dns:///fsagent-agent-headless.fsagent.svc:50051"
+    assert cm["FSAGENT_SANDBOX_ADDR"] == "dns:///fsagent-sandbox-headless.fsagent.svc:50052"
     assert cm["FSAGENT_CACHE_ADDR"] == "fsagent-cache:50053"
     assert (cm["FSAGENT_GATEWAY_PORT"], cm["FSAGENT_AGENT_METRICS_PORT"], cm["FSAGENT_SANDBOX_METRICS_PORT"],
             cm["FSAGENT_CACHE_METRICS_PORT"]) == ("8000", "9101", "9102", "9103")

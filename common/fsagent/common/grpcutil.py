@@ -32,6 +32,10 @@ CHANNEL_OPTIONS = [
     # Reconnect quickly after a peer restarts (the cache coming back, a pod rescheduled).
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # Spread calls over every address the name resolves to. With a headless Service
+    # (dns:///<svc>-headless...) that is every ready pod; the default pick_first would pin each
+    # client to one pod, so extra agent/sandbox replicas would get almost no traffic.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -247,9 +251,13 @@ def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=client_interceptors())
 
 
-def server(extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+def server(
+    extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    extra_options: Iterable[tuple[str, Any]] = (),
+) -> grpc.aio.Server:
+    """A server with the shared interceptors; extra_options are appended to SERVER_OPTIONS."""
     return grpc.aio.server(
-        interceptors=[ServerInterceptor(), *extra_interceptors], options=SERVER_OPTIONS
+        interceptors=[ServerInterceptor(), *extra_interceptors], options=[*SERVER_OPTIONS, *extra_options]
     )
 
 

@@ -22,8 +22,32 @@ Cleanup = Callable[[], Awaitable[None]]
 Setup = Callable[[grpc.aio.Server], Awaitable[Sequence[Cleanup]]]
 
 
+# Connections older than this get a GOAWAY, so clients reconnect and re-resolve DNS: with
+# round_robin over a headless Service that is how new pods (scale-out) start receiving calls.
+MAX_CONNECTION_AGE_MS = 300_000
+
+
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """Server options that recycle connections without cutting calls in flight.
+
+    The grace period outlasts the longest chat stream (chat_timeout) plus a margin, so a GOAWAY
+    never ends a running answer: the stream finishes on the old connection, new calls use a new one.
+    """
+    return [
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", int((settings.chat_timeout + 30) * 1000)),
+    ]
+
+
 def host_port(address: str) -> tuple[str, int]:
+    """Host and port of a gRPC target; the port is what a service listens on.
+
+    Accepts "host:port" and resolver URIs like "dns:///svc.ns.svc:port" (the port is the text after
+    the last colon either way).
+    """
     host, _, port = address.rpartition(":")
+    if "://" in host:  # dns:///host or dns://resolver/host: keep only the host
+        host = host.split("://", 1)[1].partition("/")[2]
     return host or "127.0.0.1", int(port)
 
 
@@ -37,7 +61,7 @@ async def serve(
     setup: Setup,
 ) -> None:
     names = list(grpc_services)
-    server = grpcutil.server()
+    server = grpcutil.server(extra_options=connection_age_options(settings))
     health = grpcutil.add_health(server, names)
     cleanups = await setup(server)
     address = f"{settings.bind_host}:{port}"

@@ -89,11 +89,24 @@ imagePullSecrets:
 {{- end }}
 
 {{/* In-cluster gRPC addresses, shared by every pod through the config ConfigMap. */}}
+{{/*
+Agent and sandbox: with grpc.headlessServices the clients resolve the headless Service (one DNS
+record per ready pod) and spread calls with round_robin; otherwise the ClusterIP Service.
+*/}}
+{{- define "fsagent.grpcAddr" -}}
+{{- $root := .root -}}
+{{- $port := int (get $root.Values.ports .component) -}}
+{{- if $root.Values.grpc.headlessServices -}}
+{{- printf "dns:///%s.%s.svc:%d" (include "fsagent.componentName" (dict "root" $root "component" (printf "%s-headless" .component))) $root.Release.Namespace $port -}}
+{{- else -}}
+{{- printf "%s:%d" (include "fsagent.componentName" (dict "root" $root "component" .component)) $port -}}
+{{- end -}}
+{{- end }}
 {{- define "fsagent.agentAddr" -}}
-{{- printf "%s:%d" (include "fsagent.componentName" (dict "root" . "component" "agent")) (int .Values.ports.agent) -}}
+{{- include "fsagent.grpcAddr" (dict "root" . "component" "agent") -}}
 {{- end }}
 {{- define "fsagent.sandboxAddr" -}}
-{{- printf "%s:%d" (include "fsagent.componentName" (dict "root" . "component" "sandbox")) (int .Values.ports.sandbox) -}}
+{{- include "fsagent.grpcAddr" (dict "root" . "component" "sandbox") -}}
 {{- end }}
 {{- define "fsagent.cacheAddr" -}}
 {{- printf "%s:%d" (include "fsagent.componentName" (dict "root" . "component" "cache")) (int .Values.ports.cache) -}}
