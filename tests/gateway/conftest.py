@@ -53,6 +53,7 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
         self.trace_ids.clear()
         self.sessions = {"known": [("user", "hi"), ("assistant", "hello")]}
         self.stream_cancelled = asyncio.Event()
+        self.chat_cancelled = asyncio.Event()
 
     def _seen(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         self.requests.append(request)
@@ -88,6 +89,12 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
         await scripted_failure(request.message, context)
         if request.message == "slow":
             await asyncio.sleep(5)
+        if request.message == "hang":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.chat_cancelled.set()
+                raise
         return self.reply(request.session_id or "s-new")
 
     async def ChatStream(self, request, context):

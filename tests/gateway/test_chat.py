@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from fsagent.common import propagation
@@ -133,6 +134,12 @@ async def test_client_disconnect_cancels_the_agent_call(client, upstreams):
             if line.startswith("data:"):
                 break  # got the status event; now walk away
     await asyncio.wait_for(upstreams.agent.stream_cancelled.wait(), 5)
+
+
+async def test_client_leaving_a_plain_chat_cancels_the_agent_call(client, upstreams):
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post("/api/chat", json={"message": "hang"}, timeout=0.5)  # the client gives up
+    await asyncio.wait_for(upstreams.agent.chat_cancelled.wait(), 5)
 
 
 async def test_session_routes(client, upstreams, error_shape):

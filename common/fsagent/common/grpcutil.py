@@ -214,11 +214,9 @@ class UnaryUnaryClientInterceptor(_ClientBase, grpc.aio.UnaryUnaryClientIntercep
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         call = await continuation(self._details(client_call_details), request)
-        try:
-            code = await call.code()
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-        self._record(client_call_details.method, started, code.name)
+        # Record from a done-callback: awaiting the outcome here would swallow a caller's cancel(),
+        # leaving the RPC (and the work behind it) running.
+        call.add_done_callback(lambda c: self._record_when_done(c, client_call_details.method, started))
         return call
 
 

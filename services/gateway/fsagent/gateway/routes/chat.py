@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, Iterable
 
@@ -174,9 +175,31 @@ SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 # --- routes ----------------------------------------------------------------------------------
 
 @router.post("", response_model=ChatReply, summary="Ask a question and wait for the answer")
-async def chat(req: ChatRequestDep, agent: AgentDep, settings: SettingsDep) -> JSONResponse:
-    reply = await agent.Chat(req, timeout=settings.chat_timeout)
+async def chat(req: ChatRequestDep, request: Request, agent: AgentDep, settings: SettingsDep) -> JSONResponse:
+    call = agent.Chat(req, timeout=settings.chat_timeout)
+    # A client that gives up cancels the turn downstream (LLM calls cost money), as the stream does.
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, call))
+    try:
+        reply = await call
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():  # we cancelled it: nobody is listening
+            return JSONResponse(
+                {"error": {"code": "client_closed", "message": "the client closed the connection"}},
+                status_code=499,
+            )
+        raise
+    finally:
+        watcher.cancel()
     return JSONResponse(chat_json(reply))
+
+
+async def _cancel_on_disconnect(request: Request, call: Any) -> None:
+    # The body has been read, so the next ASGI message is the disconnect (if the client leaves).
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            call.cancel()
+            return
 
 
 def _chat_events(event: agent_pb2.ChatEvent, session: list[str]) -> Iterable[sse.Event]:
