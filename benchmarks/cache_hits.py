@@ -59,6 +59,8 @@ CALLS = [
 
 
 def pct(samples: list[float], q: float) -> float:
+    if not samples:
+        return float("nan")
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
@@ -146,6 +148,7 @@ async def agent_figures(
             await agent.Chat(agent_pb2.ChatRequest(message="bench"), timeout=60)
         chats: dict[bool, list[float]] = {False: [], True: []}
         tool_side: dict[bool, list[float]] = {False: [], True: []}
+        unexpected = 0
         for _ in range(rounds):
             touch(root, call.touch)
             for n in range(hits + 1):
@@ -153,13 +156,15 @@ async def agent_figures(
                 reply = await agent.Chat(agent_pb2.ChatRequest(message="bench"), timeout=60)
                 elapsed = time.perf_counter() - began
                 outcome = reply.tool_results[0].result
-                assert outcome.cached == (n > 0), (call.label, n, outcome.error)
+                if outcome.cached != (n > 0):  # e.g. the cost rule chose not to cache this scope
+                    unexpected += 1
                 chats[outcome.cached].append(elapsed)
                 tool_side[outcome.cached].append(outcome.duration_seconds)
         rows.append({
             "call": call.label,
             "chat_miss_p50_ms": pct(chats[False], 0.5), "chat_hit_p50_ms": pct(chats[True], 0.5),
             "sandbox_miss_p50_ms": pct(tool_side[False], 0.5), "sandbox_hit_p50_ms": pct(tool_side[True], 0.5),
+            "unexpected": unexpected,
         })
     return rows
 
@@ -177,8 +182,9 @@ def print_agent(rows: list[dict[str, Any]]) -> None:
     print(f"  {'call':<22} {'chat miss':>10} {'chat hit':>10} {'tool miss':>10} {'tool hit':>10}"
           "   (tool = sandbox-side duration)")
     for r in rows:
+        note = f"   ({r['unexpected']} calls not cached/uncached as expected)" if r["unexpected"] else ""
         print(f"  {r['call']:<22} {r['chat_miss_p50_ms']:8.2f}ms {r['chat_hit_p50_ms']:8.2f}ms "
-              f"{r['sandbox_miss_p50_ms']:8.2f}ms {r['sandbox_hit_p50_ms']:8.2f}ms")
+              f"{r['sandbox_miss_p50_ms']:8.2f}ms {r['sandbox_hit_p50_ms']:8.2f}ms{note}")
 
 
 def check_targets(rows: list[dict[str, Any]]) -> bool:
