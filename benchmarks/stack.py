@@ -22,11 +22,7 @@ def scripted_stack(workdir: Path, data: Path, llm: ScriptedOpenAI, extra_env: di
 
 
 def start_scripted_stack(workdir: Path, data: Path, llm: ScriptedOpenAI, extra_env: dict[str, str] | None = None) -> LocalStack:
-    """The same, started and ready (stopped again if start-up fails)."""
+    """The same, started and ready."""
     stack = scripted_stack(workdir, data, llm, extra_env)
-    try:
-        stack.start(timeout=60)
-    except BaseException:
-        stack.stop()
-        raise
+    stack.start(timeout=60)  # stops what it started if start-up fails
     return stack

@@ -21,6 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tests.fakes.http_base import QuietHandler, serve_in_background, shut_down
+
 PATH = "/api/public/otel/v1/traces"
 
 
@@ -64,16 +66,12 @@ class FakeLangfuse:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> "FakeLangfuse":
-        self._server = ThreadingHTTPServer((self.host, self.port), _handler(self))
-        self._server.daemon_threads = True
+        self._server = serve_in_background(self.host, self.port, _handler(self))
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+        shut_down(self._server)
 
     def trace(self, trace_id: str) -> list[Span]:
         with self._lock:
@@ -112,13 +110,7 @@ class FakeLangfuse:
 def _handler(fake: FakeLangfuse) -> type[BaseHTTPRequestHandler]:
     expected = "Basic " + base64.b64encode(f"{fake.public_key}:{fake.secret_key}".encode()).decode()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out as separate writes
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             with fake._lock:

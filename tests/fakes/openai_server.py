@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from tests.fakes.http_base import QuietHandler, serve_in_background, shut_down
+
 Reply = dict[str, Any]  # {"content": str} or {"tool_calls": [{"name": str, "arguments": dict}]}
 Script = Callable[[list[dict[str, Any]]], Reply]
 
@@ -85,17 +87,12 @@ class ScriptedOpenAI:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> "ScriptedOpenAI":
-        handler = _make_handler(self)
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        self._server.daemon_threads = True
+        self._server = serve_in_background(self.host, self.port, _make_handler(self))
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+        shut_down(self._server)
 
     def record(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> None:
         with self._lock:
@@ -126,13 +123,7 @@ def _tool_calls(reply: Reply) -> list[dict[str, Any]]:
 
 
 def _make_handler(fake: ScriptedOpenAI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out as separate writes
-
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             path = self.path.split("?")[0]
             if not (path.endswith("/chat/completions")):

@@ -33,11 +33,7 @@ def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> LocalStac
         extra_env={**_CLEAR, "FSAGENT_LOG_LEVEL": "INFO", **(extra_env or {})},
         log_dir=tmp / "logs",
     )
-    try:
-        stack.start(timeout=60)
-    except BaseException:
-        stack.stop()
-        raise
+    stack.start(timeout=60)
     return stack
 
 

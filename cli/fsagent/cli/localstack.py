@@ -109,9 +109,14 @@ class LocalStack:
         self.processes[service] = proc
 
     def start(self, timeout: float = 60.0, on_progress: Callable[[str], None] | None = None) -> None:
-        for service in START_ORDER:
-            self.start_service(service)
-        self.wait_ready(timeout, on_progress)
+        """Start all four and wait until ready; on any failure, stop what was started and re-raise."""
+        try:
+            for service in START_ORDER:
+                self.start_service(service)
+            self.wait_ready(timeout, on_progress)
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 60.0, on_progress: Callable[[str], None] | None = None) -> None:
         """Block until the gateway's /ready says every dependency answers, or raise."""

@@ -46,7 +46,6 @@ def _run(args: argparse.Namespace) -> int:
         stack.start(timeout=args.timeout)
     except (RuntimeError, TimeoutError) as exc:
         print(f"fsagent: start-up failed: {exc}", file=sys.stderr)
-        stack.stop()
         return 1
     url = stack.base_url
     print(

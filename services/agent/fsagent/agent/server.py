@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import AsyncIterator, NoReturn
 
 import grpc
 
 from fsagent.agent.loop import Agent
 from fsagent.agent.sessions import new_session_id
+from fsagent.common.identifiers import is_session_id
 from fsagent.common.settings import Settings
 from fsagent.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _UNAVAILABLE = {"llm_connection", "llm_timeout", "llm_rate_limited", "llm_upstream"}
 _PRECONDITION = {"llm_auth", "llm_bad_request"}
@@ -54,7 +53,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     async def _check_session_id(self, session_id: str, context: grpc.aio.ServicerContext, required: bool) -> None:
         if not session_id and not required:
             return
-        if not SESSION_ID_RE.match(session_id):
+        if not is_session_id(session_id):
             await self._invalid(context, "session_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
 
     async def _check_chat(self, request: agent_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> None:

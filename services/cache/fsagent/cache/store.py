@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import posixpath
-import re
 import sqlite3
 import struct
 import threading
@@ -39,6 +38,8 @@ from typing import Iterable, Iterator, Sequence
 import diskcache
 from diskcache.core import DBNAME
 
+from fsagent.common.identifiers import is_session_id
+from fsagent.common.scopes import scope_matches
 from fsagent.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ ENTRY_NAMESPACES: tuple[str, ...] = (CONTENT, SEARCH)
 HIT, MISS, STALE = "hit", "miss", "stale"
 
 MAX_KEY_CHARS = 1024
-SESSION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_SCOPE_CHARS = 4096
 MAX_SCOPES = 4096
 # diskcache's busy timeout: how long an operation waits for another writer's lock before failing
@@ -180,16 +180,6 @@ def normalize_path(path: str, *, what: str = "path") -> str:
     return "." if normal in ("", ".") else normal
 
 
-def scope_matches(scope: str, prefix: str) -> bool:
-    """True when a change at `prefix` can affect an entry that read `scope` (both normalised).
-
-    Either one lies beneath the other, or they are equal; the root "." is an ancestor of all.
-    """
-    if prefix == "." or scope == ".":
-        return True
-    return scope == prefix or scope.startswith(prefix + "/") or prefix.startswith(scope + "/")
-
-
 def _full_key(namespace: str, key: str) -> str:
     return f"{namespace}:{key}"
 
@@ -202,7 +192,7 @@ def _check_key(key: str) -> None:
 
 
 def check_session_id(session_id: str) -> str:
-    if not SESSION_ID_RE.fullmatch(session_id):
+    if not is_session_id(session_id):
         raise InvalidArgument(
             "session_id must be 1-128 characters from A-Z, a-z, 0-9 and . _ : -"
         )

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import grpc
 
 from fsagent.common import grpcutil
+from fsagent.common.scopes import scope_matches
 from fsagent.sandbox import metrics
 from fsagent.v1 import cache_pb2, cache_pb2_grpc
 
@@ -56,13 +57,6 @@ def cache_key(tool: str, normalised_args: dict[str, Any], **context: Any) -> str
     payload = {"v": KEY_VERSION, "tool": tool, "args": normalised_args, "ctx": context}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _scope_matches(scope: str, prefix: str) -> bool:
-    """The cache service's rule (fsagent.cache.store.scope_matches) on normalised relative paths."""
-    if prefix in ("", ".") or scope == ".":
-        return True
-    return scope == prefix or scope.startswith(prefix + "/") or prefix.startswith(scope + "/")
 
 
 @dataclass(slots=True)
@@ -121,7 +115,7 @@ class LocalTier:
         with self._lock:
             doomed = [
                 k for k, e in self._entries.items()
-                if not e.scopes or any(_scope_matches(s, prefix) for s in e.scopes)
+                if not e.scopes or any(scope_matches(s, prefix) for s in e.scopes)
             ]
             for k in doomed:
                 self._drop(k)

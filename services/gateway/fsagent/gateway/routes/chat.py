@@ -13,13 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from fsagent.common import propagation
+from fsagent.common.identifiers import SESSION_ID_PATTERN
 from fsagent.gateway import sse
 from fsagent.gateway.clients import UNARY_TIMEOUT, AgentDep, SettingsDep
 from fsagent.gateway.errors import ApiError
 from fsagent.gateway.metrics import InstrumentedRoute
 from fsagent.v1 import agent_pb2
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=InstrumentedRoute)
 
