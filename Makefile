@@ -3,13 +3,15 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help setup proto run test test-fast tools bench clean
+.PHONY: help setup proto run test test-fast tools bench clean cluster cluster-down
 
 help:
 	@echo "make run    start gateway, agent, sandbox and cache on 127.0.0.1 (sample data, offline model)"
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make proto  regenerate the gRPC code from proto/"
 	@echo "make bench  run the benchmarks (prints numbers)"
+	@echo "make cluster       start a local Kubernetes control plane (etcd, kube-apiserver, prometheus-operator);"
+	@echo "                   kubeconfig in .tools/kubeconfig; make cluster-down stops it"
 
 # uv manages the Python environment; install it from PyPI when it is missing.
 setup:
@@ -22,8 +24,16 @@ proto: setup
 run: proto
 	$(UV) run --frozen fsagent run
 
+# Helm, kubectl, promtool, and the control plane built from its Go modules (cached in .tools/).
 tools:
 	./scripts/install_tools.sh
+	./scripts/control-plane.sh build
+
+cluster: tools
+	./scripts/control-plane.sh up
+
+cluster-down:
+	./scripts/control-plane.sh down
 
 test: setup tools
 	$(UV) run --frozen pytest
