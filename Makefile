@@ -3,13 +3,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help setup proto run test test-fast tools bench clean cluster cluster-down
+.PHONY: help setup proto run test test-fast tools bench clean images cluster cluster-down
 
 help:
 	@echo "make run    start gateway, agent, sandbox and cache on 127.0.0.1 (sample data, offline model)"
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make proto  regenerate the gRPC code from proto/"
 	@echo "make bench  run the benchmarks (prints numbers)"
+	@echo "make images build the four container images with podman (fsagent-<svc>:dev; root, Debian)"
 	@echo "make cluster       start a local Kubernetes control plane (etcd, kube-apiserver, prometheus-operator);"
 	@echo "                   kubeconfig in .tools/kubeconfig; make cluster-down stops it"
 
@@ -40,6 +41,10 @@ test: setup tools
 
 test-fast: setup
 	$(UV) run --frozen pytest -m "not integration" -x
+
+# Local base image (debootstrap, cached in .tools/images) + the four service images; needs root.
+images:
+	./scripts/build_images.sh
 
 bench: setup
 	$(UV) run --frozen python -m benchmarks
