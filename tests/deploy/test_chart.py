@@ -13,6 +13,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 COMPONENTS = ("gateway", "agent", "sandbox", "cache")
 GRPC_PORTS = {"agent": 50051, "sandbox": 50052, "cache": 50053}
 METRICS_PORTS = {"agent": 9101, "sandbox": 9102, "cache": 9103}
+GATEWAY_METRICS_PORT = 9104
 
 # ARCHITECTURE.md's configuration table (plus FSAGENT_BIND_HOST, set to 0.0.0.0 in the cluster,
 # FSAGENT_LOG_FORMAT, a setting of the shared Settings object, and the sandbox's confinement
@@ -24,7 +25,7 @@ ENV_NAMES = {
     "LANGFUSE_TRACING_ENVIRONMENT", "LANGFUSE_RELEASE",
     "FSAGENT_DATA_ROOT", "FSAGENT_CACHE_DIR", "FSAGENT_CACHE_SIZE_LIMIT", "FSAGENT_READ_ONLY",
     "FSAGENT_GATEWAY_PORT", "FSAGENT_AGENT_ADDR", "FSAGENT_SANDBOX_ADDR", "FSAGENT_CACHE_ADDR",
-    "FSAGENT_AGENT_METRICS_PORT", "FSAGENT_SANDBOX_METRICS_PORT", "FSAGENT_CACHE_METRICS_PORT",
+    "FSAGENT_GATEWAY_METRICS_PORT", "FSAGENT_AGENT_METRICS_PORT", "FSAGENT_SANDBOX_METRICS_PORT", "FSAGENT_CACHE_METRICS_PORT",
     "FSAGENT_MAX_ITERATIONS", "FSAGENT_MAX_CONCURRENT_TOOLS", "FSAGENT_TOOL_TIMEOUT", "FSAGENT_MAX_OUTPUT_BYTES",
     "FSAGENT_MAX_FILE_SIZE", "FSAGENT_API_KEYS", "FSAGENT_LOG_LEVEL", "FSAGENT_LOG_FORMAT", "FSAGENT_BIND_HOST",
     "FSAGENT_SANDBOX_ISOLATION", "FSAGENT_SANDBOX_UID", "FSAGENT_SANDBOX_GID",
@@ -128,7 +129,7 @@ def test_pods_and_containers_are_hardened(combination):
 def test_probes_ports_and_services(helm):
     r = helm.template()
     gw = main_container(r.get("Deployment", "fsagent-gateway"))
-    assert {p["name"]: p["containerPort"] for p in gw["ports"]} == {"http": 8000}
+    assert {p["name"]: p["containerPort"] for p in gw["ports"]} == {"http": 8000, "metrics": GATEWAY_METRICS_PORT}
     assert gw["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert gw["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     for comp, port in GRPC_PORTS.items():
@@ -140,7 +141,9 @@ def test_probes_ports_and_services(helm):
         svc = r.get("Service", f"fsagent-{comp}")
         assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": port, "metrics": METRICS_PORTS[comp]}
     svc = r.get("Service", "fsagent-gateway")
-    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8000)]
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8000), ("metrics", GATEWAY_METRICS_PORT)]
+    cm = r.get("ConfigMap", "fsagent-config")["data"]
+    assert cm["FSAGENT_GATEWAY_METRICS_PORT"] == str(GATEWAY_METRICS_PORT)
     sts = r.get("StatefulSet", "fsagent-cache")
     assert sts["spec"]["serviceName"] == "fsagent-cache-headless"
     assert r.get("Service", "fsagent-cache-headless")["spec"]["clusterIP"] == "None"
@@ -303,12 +306,30 @@ def test_data_volume_is_rwx_for_several_sandboxes(helm):
     r = helm.template(["everything-values.yaml"])
     assert r.get("PersistentVolumeClaim", "fsagent-data")["spec"]["accessModes"] == ["ReadWriteMany"]
     sb = r.get("Deployment", "fsagent-sandbox")
-    assert sb["spec"]["replicas"] == 2 and "strategy" not in sb["spec"]
+    assert sb["spec"]["replicas"] == 2 and sb["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert "affinity" not in sb["spec"]["template"]["spec"], "a shared volume needs no co-location"
+
+
+def test_sandboxes_on_a_read_write_once_claim_share_its_node(helm):
+    """Scaling out keeps a ReadWriteOnce claim (its modes are immutable): the pods go where it is mounted."""
+    r = helm.template(sets=["sandbox.replicas=3", "data.persistence.accessModes[0]=ReadWriteOnce"])
+    assert r.get("PersistentVolumeClaim", "fsagent-data")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    sb = r.get("Deployment", "fsagent-sandbox")
+    assert sb["spec"]["strategy"] == {"type": "RollingUpdate"}
+    (term,) = sb["spec"]["template"]["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == sb["spec"]["selector"]["matchLabels"]
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]}}}
+    import json
+    r = helm.template(sets=["sandbox.replicas=3", "data.persistence.accessModes[0]=ReadWriteOnce"],
+                      extra=["--set-json", "sandbox.affinity=" + json.dumps(own)])
+    assert r.get("Deployment", "fsagent-sandbox")["spec"]["template"]["spec"]["affinity"] == own, "the user's affinity wins"
 
 
 def test_read_only_install_uses_the_existing_claim_read_only(helm):
     r = helm.template(["read-only-values.yaml"])
-    assert not r.kind("PersistentVolumeClaim")
+    assert [c["metadata"]["name"] for c in r.kind("PersistentVolumeClaim")] == ["fsagent-cache"], "no data claim"
     assert r.get("ConfigMap", "fsagent-config")["data"]["FSAGENT_READ_ONLY"] == "true"
     sb = r.get("Deployment", "fsagent-sandbox")
     spec = sb["spec"]["template"]["spec"]
@@ -323,8 +344,16 @@ def test_cache_is_a_single_statefulset_with_its_own_claim(helm):
     r = helm.template()
     sts = r.get("StatefulSet", "fsagent-cache")
     assert sts["spec"]["replicas"] == 1
-    (vct,) = sts["spec"]["volumeClaimTemplates"]
-    assert vct["metadata"]["name"] == "cache" and vct["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "volumeClaimTemplates" not in sts["spec"], "a StatefulSet's claim templates can never be changed"
+    vol = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache")
+    assert vol["persistentVolumeClaim"] == {"claimName": "fsagent-cache"}
+    pvc = r.get("PersistentVolumeClaim", "fsagent-cache")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", "sessions outlive an uninstall"
+    r2 = helm.template(sets=["cache.persistence.existingClaim=cache-fsagent-cache-0"])
+    assert all(c["metadata"]["name"] != "fsagent-cache" for c in r2.kind("PersistentVolumeClaim"))
+    vol = next(v for v in r2.get("StatefulSet", "fsagent-cache")["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache")
+    assert vol["persistentVolumeClaim"] == {"claimName": "cache-fsagent-cache-0"}
     mount = next(m for m in main_container(sts)["volumeMounts"] if m["name"] == "cache")
     assert mount["mountPath"] == r.get("ConfigMap", "fsagent-config")["data"]["FSAGENT_CACHE_DIR"]
 
@@ -380,6 +409,8 @@ def _peer_name(peer) -> str:
         return labels["app.kubernetes.io/component"]
     if ns == "kube-system" and labels.get("k8s-app") == "kube-dns":
         return "dns"
+    if peer.get("anywhere"):
+        return "anywhere"
     if ns == "ingress-nginx":
         return "ingress-controller"
     if ns == "monitoring" and labels.get("app.kubernetes.io/name") == "prometheus":
@@ -397,7 +428,7 @@ def _graph(r):
             continue
         me = sel["app.kubernetes.io/component"]
         for rule in pol["spec"].get("ingress", []):
-            for peer in rule["from"]:
+            for peer in rule.get("from", [{"anywhere": True}]):
                 for p in rule["ports"]:
                     ingress.add((_peer_name(peer), me, p["port"]))
         for rule in pol["spec"].get("egress", []):
@@ -414,7 +445,7 @@ def test_network_policies_allow_exactly_the_architecture_graph(helm):
     assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny and "egress" not in deny
     ingress, egress = _graph(r)
     assert ingress == {
-        ("ingress-controller", "gateway", 8000), ("prometheus", "gateway", 8000),
+        ("anywhere", "gateway", 8000), ("prometheus", "gateway", GATEWAY_METRICS_PORT),
         ("gateway", "agent", 50051), ("prometheus", "agent", 9101),
         ("gateway", "sandbox", 50052), ("agent", "sandbox", 50052), ("prometheus", "sandbox", 9102),
         ("agent", "cache", 50053), ("sandbox", "cache", 50053), ("prometheus", "cache", 9103),
@@ -428,6 +459,13 @@ def test_network_policies_allow_exactly_the_architecture_graph(helm):
     }
     for pol in r.kind("NetworkPolicy"):
         assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_gateway_clients_can_be_narrowed_without_opening_metrics(helm):
+    peer = '{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}'
+    ingress, _ = _graph(helm.template(extra=["--set-json", f"networkPolicy.gatewayFrom=[{peer}]"]))
+    to_gateway = {(src, port) for src, dst, port in ingress if dst == "gateway"}
+    assert to_gateway == {("ingress-controller", 8000), ("prometheus", GATEWAY_METRICS_PORT)}
 
 
 def test_only_the_agent_gets_external_egress(helm):
@@ -472,4 +510,4 @@ def test_notes_render(helm, lib, tmp_path):
     out = _notes(helm, lib, tmp_path, "everything-values.yaml", api=True)
     assert "https://fsagent.example.com/api" in out and "WARNING" not in out
     assert "Langfuse tracing: on (keys from Secret fsagent-langfuse" in out
-    assert 'ServiceMonitors created with labels {"release":"kube-prometheus-stack"}' in out
+    assert 'ServiceMonitors and PrometheusRule labelled {"release":"kps","team":"ml"}' in out

@@ -52,7 +52,7 @@ def test_service_monitors_match_schema_services_and_ports(helm, lib):
         (ep,) = spec["endpoints"]
         ports = {p["name"]: p["port"] for p in selected[0]["spec"]["ports"]}
         assert ep["port"] in ports
-        assert ports[ep["port"]] == {"gateway": 8000, "agent": 9101, "sandbox": 9102, "cache": 9103}[comp]
+        assert ports[ep["port"]] == {"gateway": 9104, "agent": 9101, "sandbox": 9102, "cache": 9103}[comp]
         assert ep["path"] == "/metrics" and ep["interval"] == "30s" and ep["scrapeTimeout"] == "10s"
         assert {"action": "replace", "targetLabel": "job", "replacement": f"fsagent-{comp}"} in ep["relabelings"]
         # No metric label collides with a target label, so no metric relabeling is needed (nor wanted:

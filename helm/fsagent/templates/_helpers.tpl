@@ -138,13 +138,49 @@ record per ready pod) and spread calls with round_robin; otherwise the ClusterIP
 {{- end }}
 
 {{/* Access modes of the data PVC: as given, else RWO for one sandbox replica and RWX for more. */}}
+{{/*
+Access modes of the data claim. The API server refuses to change them after creation, so they are
+chosen once: the value when set, else the live claim's (looked up during install/upgrade; empty under
+`helm template`), else ReadWriteOnce for one sandbox replica and ReadWriteMany for more.
+*/}}
 {{- define "fsagent.dataAccessModes" -}}
-{{- if .Values.data.persistence.accessModes }}
-{{- toYaml .Values.data.persistence.accessModes }}
+{{- $p := .Values.data.persistence }}
+{{- $claim := lookup "v1" "PersistentVolumeClaim" .Release.Namespace (include "fsagent.dataClaimName" .) }}
+{{- $live := dig "spec" "accessModes" list $claim }}
+{{- if and $p.accessModes $live (not $p.existingClaim) (ne (toJson $live) (toJson $p.accessModes)) }}
+{{- fail (printf "data.persistence.accessModes=%s, but claim %s was created with %s and access modes cannot change. Keep the old value, or move the documents to a new claim (docs/deploy.md, \"Scaling the sandbox\")." (toJson $p.accessModes) (include "fsagent.dataClaimName" .) (toJson $live)) }}
+{{- end }}
+{{- if $p.accessModes }}
+{{- toYaml $p.accessModes }}
+{{- else if $live }}
+{{- toYaml $live }}
 {{- else if gt (int .Values.sandbox.replicas) 1 }}
 - ReadWriteMany
 {{- else }}
 - ReadWriteOnce
+{{- end }}
+{{- end }}
+
+{{/* "true" when sandbox pods on different nodes can share the data volume. */}}
+{{- define "fsagent.dataShared" -}}
+{{- $modes := include "fsagent.dataAccessModes" . | fromYamlArray }}
+{{- if or (not .Values.data.persistence.enabled) (has "ReadWriteMany" $modes) (has "ReadOnlyMany" $modes) }}true{{ end -}}
+{{- end }}
+
+{{/* The cache's claim: one the chart manages (resizable, unlike a volumeClaimTemplate), or the user's. */}}
+{{- define "fsagent.cacheClaimName" -}}
+{{- .Values.cache.persistence.existingClaim | default (include "fsagent.componentName" (dict "root" . "component" "cache")) }}
+{{- end }}
+
+{{/* Labels a Prometheus selects ServiceMonitors and rules by: release=<monitoring.release>, then extras. */}}
+{{- define "fsagent.monitoringLabels" -}}
+{{- $labels := dict }}
+{{- with .root.Values.monitoring.release }}
+{{- $_ := set $labels "release" . }}
+{{- end }}
+{{- $labels = mergeOverwrite $labels (.extra | default dict) }}
+{{- with $labels }}
+{{- toYaml . }}
 {{- end }}
 {{- end }}
 
