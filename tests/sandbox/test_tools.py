@@ -53,9 +53,9 @@ async def test_grep_whole_root_paths_have_no_dot_slash(sandbox: Sandbox) -> None
 async def test_grep_context_and_flags(sandbox: Sandbox) -> None:
     out = ok(await sandbox.execute("grep", pattern="Rotate", path="policies/password.md", context=1))
     assert out == (
-        "policies/password.md-3-Passwords must be at least 14 characters long.\n"
+        "policies/password.md:3-Passwords must be at least 14 characters long.\n"
         "policies/password.md:4:Rotate passwords every 90 days.\n"
-        "policies/password.md-5-Never share a password.\n"
+        "policies/password.md:5-Never share a password.\n"
     )
     out = ok(await sandbox.execute("grep", pattern="password", files_with_matches=True))
     assert out.splitlines() == ["-rf.md", "README.md", "policies/password.md"]
@@ -96,7 +96,7 @@ async def test_find(sandbox: Sandbox) -> None:
     out = ok(await sandbox.execute("find", iname="readme.MD"))
     assert out == "README.md\n"
     resp = await sandbox.execute("find", path="policies", name="*.md")
-    assert resp.command == "find -P ./policies -name '*.md' -print"
+    assert resp.command == "find -P ./policies -name '*.md' -print0"
 
 
 async def test_cat(sandbox: Sandbox) -> None:
@@ -230,9 +230,9 @@ async def test_grep_fallback_without_ripgrep(sandbox: Sandbox) -> None:
     assert resp.command.startswith("grep -rnH") and resp.command.endswith("-- ./policies")
     resp = await ex.execute("grep", '{"pattern": "Rotate", "context": 1, "path": "policies/password.md"}')
     assert resp.stdout == (
-        "policies/password.md-3-Passwords must be at least 14 characters long.\n"
+        "policies/password.md:3-Passwords must be at least 14 characters long.\n"
         "policies/password.md:4:Rotate passwords every 90 days.\n"
-        "policies/password.md-5-Never share a password.\n"
+        "policies/password.md:5-Never share a password.\n"
     )
     resp = await asyncio.wait_for(ex.execute("grep", '{"pattern": "password", "files_with_matches": true}'), 10)
     assert sorted(resp.stdout.splitlines()) == ["-rf.md", "README.md", "notes/.hidden.md", "policies/password.md"]

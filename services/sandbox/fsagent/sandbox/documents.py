@@ -7,6 +7,13 @@ content goes to a temp file in the destination directory, is fsync'ed, then
 - UPDATE / UPSERT: `os.replace(tmp, dest)`.
 No partial file and no temp file is left behind on any error. Errors are DocError(grpc code,
 short message with relative paths only).
+
+Names (fsagent.common.names): a write (create, update, upsert, upload) refuses a path any of whose
+components holds a control character, a line/paragraph separator or an undecodable byte
+(INVALID_ARGUMENT, "invalid path ..."); reads, streams and deletes still reach a file so named on
+disk (deleting it is how it is cleaned up). Every path this API answers with (DocumentInfo.path,
+SearchMatch.path, DeleteDocumentResponse.path, messages) is printed with `names.display`: as is, or
+a JSON string literal in double quotes, which any path parameter accepts back.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from typing import AsyncIterator
 
 import grpc
 
+from fsagent.common import names
 from fsagent.common.settings import Settings
-from fsagent.sandbox import paths, runner, tools
+from fsagent.sandbox import grep_output, paths, runner, tools
+from fsagent.sandbox.paths import shown
 from fsagent.sandbox.cache_client import CacheClient
 from fsagent.v1 import sandbox_pb2
 
@@ -62,7 +71,7 @@ def _from_path_error(exc: paths.PathError) -> DocError:
 
 def _info(rel: str, st: os.stat_result) -> sandbox_pb2.DocumentInfo:
     is_dir = stat.S_ISDIR(st.st_mode)
-    return sandbox_pb2.DocumentInfo(path=rel, is_dir=is_dir, size=0 if is_dir else st.st_size, modified=st.st_mtime)
+    return sandbox_pb2.DocumentInfo(path=shown(rel), is_dir=is_dir, size=0 if is_dir else st.st_size, modified=st.st_mtime)
 
 
 def _is_temp(name: str) -> bool:
@@ -100,14 +109,18 @@ class Documents:
 
     def _write_target(self, user_path: str) -> _Target:
         try:
+            names.validate_new_path(user_path)  # resolve_for_write parses the same path again
+        except names.InvalidName as exc:
+            raise DocError(grpc.StatusCode.INVALID_ARGUMENT, exc.message) from None
+        try:
             r = paths.resolve_for_write(self.root_real, user_path)
         except paths.PathError as exc:
             raise _from_path_error(exc) from None
         name = os.path.basename(r.abs)
         if _is_temp(name):
-            raise DocError(grpc.StatusCode.INVALID_ARGUMENT, f"{r.rel}: names like {TEMP_PREFIX}*{TEMP_SUFFIX} are reserved")
+            raise DocError(grpc.StatusCode.INVALID_ARGUMENT, f"{shown(r.rel)}: names like {TEMP_PREFIX}*{TEMP_SUFFIX} are reserved")
         if r.st is not None and stat.S_ISDIR(r.st.st_mode):
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is a directory")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is a directory")
         return _Target(r.abs, r.rel, os.path.dirname(r.abs))
 
     def _make_parent(self, target: _Target) -> None:
@@ -115,9 +128,9 @@ class Documents:
         try:
             os.makedirs(target.parent, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"a parent of {target.rel} is a file") from None
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"a parent of {shown(target.rel)} is a file") from None
         if not paths.is_beneath(os.path.realpath(target.parent), self.root_real):
-            raise DocError(grpc.StatusCode.PERMISSION_DENIED, f"{target.rel} is outside the data root")
+            raise DocError(grpc.StatusCode.PERMISSION_DENIED, f"{shown(target.rel)} is outside the data root")
 
     def _check_mode_before(self, target: _Target, mode: int) -> os.stat_result | None:
         try:
@@ -125,13 +138,13 @@ class Documents:
         except (FileNotFoundError, NotADirectoryError):
             st = None
         if st is not None and stat.S_ISDIR(st.st_mode):
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{target.rel} is a directory")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(target.rel)} is a directory")
         if mode == sandbox_pb2.WRITE_MODE_UPDATE and st is None:
-            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {target.rel}")
+            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {shown(target.rel)}")
         if mode in (sandbox_pb2.WRITE_MODE_CREATE, sandbox_pb2.WRITE_MODE_UNSPECIFIED) and st is not None:
-            raise DocError(grpc.StatusCode.ALREADY_EXISTS, f"{target.rel} already exists")
+            raise DocError(grpc.StatusCode.ALREADY_EXISTS, f"{shown(target.rel)} already exists")
         if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{target.rel} is not a regular file")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(target.rel)} is not a regular file")
         return st
 
     def _new_temp(self, target: _Target) -> tuple[int, str]:
@@ -149,11 +162,11 @@ class Documents:
                 try:
                     os.link(tmp, target.abs)
                 except FileExistsError:
-                    raise DocError(grpc.StatusCode.ALREADY_EXISTS, f"{target.rel} already exists") from None
+                    raise DocError(grpc.StatusCode.ALREADY_EXISTS, f"{shown(target.rel)} already exists") from None
                 os.unlink(tmp)
             else:
                 if mode == sandbox_pb2.WRITE_MODE_UPDATE and not os.path.lexists(target.abs):
-                    raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {target.rel}")
+                    raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {shown(target.rel)}")
                 os.replace(tmp, target.abs)
             self._fsync_dir(target.parent)
             return os.lstat(target.abs)
@@ -192,7 +205,7 @@ class Documents:
         assert r.st is not None
         if not r.is_dir:
             return [_info(r.rel, r.st)]
-        out: list[sandbox_pb2.DocumentInfo] = []
+        out: list[tuple[str, os.stat_result]] = []
         stack = [(r.abs, r.rel)]
         while stack:
             path, rel = stack.pop()
@@ -213,17 +226,17 @@ class Documents:
                                 continue  # a symlink pointing outside is not a document
                             st = os.stat(target)
                             if stat.S_ISDIR(st.st_mode):
-                                out.append(_info(child_rel, st))
+                                out.append((child_rel, st))
                                 continue  # listed, not descended (no loops)
                     except OSError:
                         continue
                     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                         continue
-                    out.append(_info(child_rel, st))
+                    out.append((child_rel, st))
                     if recursive and stat.S_ISDIR(st.st_mode) and not entry.is_symlink():
                         stack.append((entry.path, child_rel))
-        out.sort(key=lambda d: d.path)
-        return out
+        out.sort(key=lambda item: item[0])
+        return [_info(rel, st) for rel, st in out]
 
     async def list(self, user_path: str, recursive: bool) -> list[sandbox_pb2.DocumentInfo]:
         return await asyncio.to_thread(self._list_sync, user_path, recursive)
@@ -231,14 +244,14 @@ class Documents:
     def _read_sync(self, user_path: str) -> sandbox_pb2.ReadDocumentResponse:
         r = self._resolve(user_path)
         if r.is_dir:
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is a directory")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is a directory")
         fd = self._open_regular(r)
         try:
             st = os.fstat(fd)
             if st.st_size > self.settings.max_file_size:
                 raise DocError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{r.rel} is {st.st_size} bytes, over the {self.settings.max_file_size}-byte limit; use StreamFile",
+                    f"{shown(r.rel)} is {st.st_size} bytes, over the {self.settings.max_file_size}-byte limit; use StreamFile",
                 )
             data = b""
             while len(data) <= self.settings.max_file_size:
@@ -247,11 +260,11 @@ class Documents:
                     break
                 data += chunk
             if len(data) > self.settings.max_file_size:
-                raise DocError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{r.rel} is over the size limit")
+                raise DocError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{shown(r.rel)} is over the size limit")
         finally:
             os.close(fd)
         if b"\x00" in data[:BINARY_SNIFF_BYTES]:
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is a binary file")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is a binary file")
         return sandbox_pb2.ReadDocumentResponse(info=_info(r.rel, st), content=data.decode("utf-8", errors="replace"))
 
     async def read(self, user_path: str) -> sandbox_pb2.ReadDocumentResponse:
@@ -261,15 +274,15 @@ class Documents:
         try:
             fd = os.open(r.abs, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except FileNotFoundError:
-            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {r.rel}") from None
+            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {shown(r.rel)}") from None
         except OSError:
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open {r.rel}") from None
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot open {shown(r.rel)}") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is not a regular file")
+                raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is not a regular file")
             if not paths.fd_beneath_root(fd, self.root_real):
-                raise DocError(grpc.StatusCode.PERMISSION_DENIED, f"{r.rel} is outside the data root")
+                raise DocError(grpc.StatusCode.PERMISSION_DENIED, f"{shown(r.rel)} is outside the data root")
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
@@ -279,7 +292,7 @@ class Documents:
     # ---------------------------------------------------------------------------------------
     # write / delete / upload
 
-    def _write_sync(self, user_path: str, content: bytes, mode: int) -> sandbox_pb2.DocumentInfo:
+    def _write_sync(self, user_path: str, content: bytes, mode: int) -> tuple[str, sandbox_pb2.DocumentInfo]:
         target = self._write_target(user_path)
         self._check_mode_before(target, mode)
         self._make_parent(target)
@@ -295,7 +308,7 @@ class Documents:
                 os.unlink(tmp)
             raise
         st = self._commit(target, fd, tmp, mode)
-        return _info(target.rel, st)
+        return target.rel, _info(target.rel, st)
 
     async def write(self, user_path: str, content: str, mode: int) -> sandbox_pb2.DocumentInfo:
         self._check_writable()
@@ -306,8 +319,8 @@ class Documents:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"content is {len(data)} bytes, over the {self.settings.max_file_size}-byte limit",
             )
-        info = await asyncio.to_thread(self._write_sync, user_path, data, mode)
-        await self._invalidate(info.path, "document_write")
+        rel, info = await asyncio.to_thread(self._write_sync, user_path, data, mode)
+        await self._invalidate(rel, "document_write")
         return info
 
     def _delete_sync(self, user_path: str) -> str:
@@ -316,25 +329,26 @@ class Documents:
         except paths.PathError as exc:
             raise _from_path_error(exc) from None
         if r.st is None:
-            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {r.rel}")
+            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {shown(r.rel)}")
         if stat.S_ISDIR(r.st.st_mode):
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is a directory; only files can be deleted")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is a directory; only files can be deleted")
         if not (stat.S_ISREG(r.st.st_mode) or stat.S_ISLNK(r.st.st_mode)):
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is not a regular file")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is not a regular file")
         try:
             os.unlink(r.abs)
         except FileNotFoundError:
-            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {r.rel}") from None
+            raise DocError(grpc.StatusCode.NOT_FOUND, f"no such document: {shown(r.rel)}") from None
         except IsADirectoryError:
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is a directory") from None
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is a directory") from None
         self._fsync_dir(os.path.dirname(r.abs))
         return r.rel
 
     async def delete(self, user_path: str) -> str:
+        """Delete a file (a name refused for writes can still be deleted); its displayed path."""
         self._check_writable()
         rel = await asyncio.to_thread(self._delete_sync, user_path)
         await self._invalidate(rel, "document_delete")
-        return rel
+        return shown(rel)
 
     async def upload(self, chunks: AsyncIterator[sandbox_pb2.UploadChunk]) -> sandbox_pb2.DocumentInfo:
         """Header chunk first, then data chunks into a temp file; over the size limit: abort, no trace."""
@@ -365,7 +379,7 @@ class Documents:
                     if chunk.end.total_bytes != total:
                         raise DocError(
                             grpc.StatusCode.INVALID_ARGUMENT,
-                            f"upload of {target.rel} sent {chunk.end.total_bytes} bytes but {total} arrived; nothing was written",
+                            f"upload of {shown(target.rel)} sent {chunk.end.total_bytes} bytes but {total} arrived; nothing was written",
                         )
                     ended = True
                     continue
@@ -375,7 +389,7 @@ class Documents:
                 if total > limit:
                     raise DocError(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"upload of {target.rel} is over the {limit}-byte limit; nothing was written",
+                        f"upload of {shown(target.rel)} is over the {limit}-byte limit; nothing was written",
                     )
                 view = memoryview(chunk.data)
                 while view:
@@ -383,7 +397,7 @@ class Documents:
                     view = view[written:]
             if not ended:
                 raise DocError(
-                    grpc.StatusCode.ABORTED, f"upload of {target.rel} ended without its end marker; nothing was written"
+                    grpc.StatusCode.ABORTED, f"upload of {shown(target.rel)} ended without its end marker; nothing was written"
                 )
             committed = True
             st = await asyncio.to_thread(self._commit, target, fd, tmp, mode)
@@ -393,7 +407,7 @@ class Documents:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         info = _info(target.rel, st)
-        await self._invalidate(info.path, "document_write")
+        await self._invalidate(target.rel, "document_write")
         return info
 
     # ---------------------------------------------------------------------------------------
@@ -405,13 +419,13 @@ class Documents:
         per_chunk = min(chunk_lines or DEFAULT_CHUNK_LINES, MAX_CHUNK_LINES)
         r = self._resolve(user_path)
         if r.is_dir:
-            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is a directory")
+            raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is a directory")
         fd = await asyncio.to_thread(self._open_regular, r)
         fh = os.fdopen(fd, "rb", buffering=1 << 16)
         try:
             head = await asyncio.to_thread(os.pread, fd, BINARY_SNIFF_BYTES, 0)
             if b"\x00" in head:
-                raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{r.rel} is a binary file")
+                raise DocError(grpc.StatusCode.FAILED_PRECONDITION, f"{shown(r.rel)} is a binary file")
 
             def read_lines() -> list[str]:
                 lines: list[str] = []
@@ -477,29 +491,41 @@ class Documents:
             argv, cwd=self.root_real, timeout=self.settings.tool_timeout,
             max_line_bytes=4 * MAX_MATCH_LINE_CHARS + 4096, status=status, launcher=self.launcher,
         )
-        try:
-            async for raw in lines:
-                path, sep, rest = raw.partition(b"\x00")
-                if not sep:
-                    continue
-                number, colon, text = rest.partition(b":")
-                if not colon or not number.isdigit():
-                    continue
-                if path.startswith(b"./"):
-                    path = path[2:]
-                yield sandbox_pb2.SearchMatch(
-                    path=path.decode("utf-8", errors="replace"),
-                    line_number=int(number),
-                    line=text.decode("utf-8", errors="replace")[:MAX_MATCH_LINE_CHARS],
+        # Lines are split on "\n", but a name may hold one: the parser reads records (PATH\0...)
+        # across them, so a match's path is always the file it came from (grep_output).
+        parser = grep_output.Parser(self.root_real, max_pending=64 * 1024)
+
+        def matches(records: list[grep_output.Record]) -> list[sandbox_pb2.SearchMatch]:
+            return [
+                sandbox_pb2.SearchMatch(
+                    path=grep_output.display_path(record.path),
+                    line_number=record.line,
+                    line=record.text.decode("utf-8", errors="replace")[:MAX_MATCH_LINE_CHARS],
                 )
-                sent += 1
-                if sent >= limit:
-                    break
+                for record in records if record.match
+            ]
+
+        try:
+            try:
+                async for raw in lines:
+                    for match in matches(parser.feed(raw + b"\n")):
+                        yield match
+                        sent += 1
+                        if sent >= limit:
+                            return
+                for match in matches(parser.finish(truncated=bool(status.get("timed_out")))):
+                    yield match
+                    sent += 1
+                    if sent >= limit:
+                        return
+            except grep_output.AmbiguousOutput as exc:
+                raise DocError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         finally:
             await lines.aclose()
         if sent == 0 and status.get("exit_code") == 2:
             message = bytes(status.get("stderr") or b"").decode("utf-8", errors="replace").strip()
             message = message.replace(self.root_real + os.sep, "").replace(self.root_real, ".")
+            message = names.escape_text(message)
             raise DocError(grpc.StatusCode.INVALID_ARGUMENT, (message or "search failed")[:500])
         if sent == 0 and status.get("timed_out"):
             raise DocError(grpc.StatusCode.DEADLINE_EXCEEDED, "the search timed out; narrow the path or the pattern")

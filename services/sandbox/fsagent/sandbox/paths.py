@@ -3,7 +3,11 @@
 Every path is relative to the root ("." is the root, a leading "/" also means the root). `..` and
 symlinks are resolved with realpath and the result must stay beneath the root's realpath. The
 relative path handed back is POSIX, has no leading "./", and is "." for the root; messages carry
-only relative paths (or what the caller sent), never a host path.
+only relative paths (or what the caller sent), never a host path, and every name in a message
+is printed with `names.display` (never a raw control character).
+
+A path argument written as `names.display` prints it (a JSON string literal, whole or per
+component) means the name it decodes to, so a name a listing showed quoted can be passed back.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 import stat
 from dataclasses import dataclass
 from typing import Literal
+
+from fsagent.common import names
 
 MAX_PATH_CHARS = 4096
 MAX_COMPONENT_CHARS = 255
@@ -32,6 +38,11 @@ class PathError(Exception):
 def _echo(user_path: str, limit: int = 120) -> str:
     text = user_path if len(user_path) <= limit else user_path[: limit - 3] + "..."
     return repr(text)
+
+
+def shown(rel: str) -> str:
+    """A relative path as messages and outputs print it (names.display)."""
+    return names.display(rel)
 
 
 def root_realpath(root: str | os.PathLike[str]) -> str:
@@ -55,10 +66,15 @@ def check_shape(user_path: str) -> str:
     """The user's path made relative ("" and "/" mean the root); raise on a malformed one."""
     if not isinstance(user_path, str):
         raise PathError("invalid_arguments", "path must be a string")
+    user_path = names.parse(user_path)
     if "\x00" in user_path:
         raise PathError("invalid_arguments", "path must not contain NUL bytes")
     if len(user_path) > MAX_PATH_CHARS:
         raise PathError("invalid_arguments", f"path is longer than {MAX_PATH_CHARS} characters")
+    try:  # \udc80-\udcff stand for a name's undecodable bytes; any other surrogate names nothing
+        user_path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise PathError("invalid_arguments", f"path {_echo(user_path)} is not valid text (a lone surrogate)") from None
     if any(len(part.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_CHARS for part in user_path.split("/")):
         raise PathError("invalid_arguments", f"a path component is longer than {MAX_COMPONENT_CHARS} bytes")
     stripped = user_path.lstrip("/")
@@ -98,21 +114,21 @@ def resolve_entry(
         st = os.lstat(real)
     except FileNotFoundError:
         if must_exist:
-            raise PathError("not_found", f"no such file or directory: {rel}") from None
+            raise PathError("not_found", f"no such file or directory: {shown(rel)}") from None
         return Resolved(real, rel, None)
     except NotADirectoryError:
-        raise PathError("not_found", f"no such file or directory: {rel} (a parent is a file)") from None
+        raise PathError("not_found", f"no such file or directory: {shown(rel)} (a parent is a file)") from None
     except PermissionError:
-        raise PathError("not_found", f"permission denied: {rel}") from None
+        raise PathError("not_found", f"permission denied: {shown(rel)}") from None
     except OSError as exc:  # ENAMETOOLONG, ELOOP...: a message, never a host path
         raise _os_error(exc, rel) from None
     mode = st.st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise PathError("file_type", f"{rel} is not a regular file or directory (devices, FIFOs and sockets are refused)")
+        raise PathError("file_type", f"{shown(rel)} is not a regular file or directory (devices, FIFOs and sockets are refused)")
     if expect == "file" and stat.S_ISDIR(mode):
-        raise PathError("file_type", f"{rel} is a directory; use ls, tree or find for directories")
+        raise PathError("file_type", f"{shown(rel)} is a directory; use ls, tree or find for directories")
     if expect == "dir" and not stat.S_ISDIR(mode):
-        raise PathError("file_type", f"{rel} is a file, not a directory; use cat, head or preview for files")
+        raise PathError("file_type", f"{shown(rel)} is a file, not a directory; use cat, head or preview for files")
     return Resolved(real, rel, st)
 
 

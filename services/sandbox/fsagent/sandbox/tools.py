@@ -3,11 +3,16 @@
 grep and find run binaries with an argv built here from typed values only (no flag can come from
 the model, every operand is `./rel` after `--`). cat, head, tail, wc, preview, ls and tree run
 in-process: files are opened with O_NOFOLLOW|O_NONBLOCK, must be regular files, and the opened fd
-is checked to lie beneath the root. Every output path is relative to the data root, without "./".
+is checked to lie beneath the root. Every output path is relative to the data root, without "./",
+and every name is printed with `names.display` (as is, or a JSON string literal in double quotes
+when it holds a control character, an undecodable byte, a colon or a leading quote), so no name can
+start a line or forge a `path:LINE:` prefix. Tool stderr and command lines carry no raw control
+character either (`names.escape_text`).
 
 Output formats (the agent's offline planner parses some of them):
-  grep      `path:LINE:text`; context lines `path-LINE-text`; groups separated by `--`;
-            files_with_matches: one path per line; no match: empty stdout, exit 0
+  grep      `path:LINE:text`; context lines `path:LINE-text`; `--` between non-adjacent groups
+            and files; files_with_matches: one path per line; no match: empty stdout, exit 0
+            (grep_output.py reads the binaries' NUL-separated output back)
   find      one path per line, sorted; the root itself is "."
   cat       the file's bytes as text (no line numbers); with a range, exactly those lines
   head/tail the first/last N lines
@@ -31,8 +36,10 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel
 
+from fsagent.common import names
 from fsagent.common import toolspec as ts
-from fsagent.sandbox import paths, runner
+from fsagent.sandbox import grep_output, paths, runner
+from fsagent.sandbox.paths import shown
 
 BINARY_SNIFF_BYTES = 8192
 GENERIC_HINT = "narrow the call: use a more specific pattern, a smaller path, or cat with start_line/end_line"
@@ -190,9 +197,10 @@ def marker(omitted: int, exact: bool = True, hint: str = GENERIC_HINT) -> str:
     return f"{MARKER_PREFIX} {amount} more bytes not shown; {hint} ...]"
 
 
-def _cut_at_line(data: bytes) -> tuple[bytes, int]:
-    """Cut a capped buffer back to its last complete line; (kept, bytes dropped)."""
-    newline = data.rfind(b"\n")
+def _cut_at_line(data: bytes, end: bytes = b"\n") -> tuple[bytes, int]:
+    """Cut a capped buffer back to its last complete line (or `end`-terminated record); (kept,
+    bytes dropped)."""
+    newline = data.rfind(end)
     if newline < 0 or newline + 1 < len(data) // 2:
         return data, 0
     return data[: newline + 1], len(data) - newline - 1
@@ -209,7 +217,12 @@ def _decode(data: bytes) -> str:
 
 
 def _command(argv: list[str]) -> str:
-    return shlex.join([os.path.basename(argv[0]), *argv[1:]])
+    return names.escape_text(shlex.join([os.path.basename(argv[0]), *argv[1:]]))
+
+
+def _quoted(rel: str) -> str:
+    """A path in a display-only command line: shell-quoted, no raw control character."""
+    return names.escape_text(shlex.quote(rel))
 
 
 def _sanitize(text: str, ctx: Context) -> str:
@@ -219,9 +232,11 @@ def _sanitize(text: str, ctx: Context) -> str:
     return text
 
 
-def _strip_dot_slash(data: bytes) -> bytes:
-    lines = data.split(b"\n")
-    return b"\n".join(line[2:] if line.startswith(b"./") else line for line in lines)
+def _binary_stderr(data: bytes, ctx: Context) -> str:
+    """A binary's stderr names files raw, and a name may hold a newline that no reader could tell
+    from the end of a message: so it is one line, every control character escaped (`\\n` between
+    messages)."""
+    return names.escape_text(_sanitize(_decode(data), ctx).strip())
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +265,7 @@ def has_backreference(pattern: str) -> bool:
 
 def grep_argv(ctx: Context, a: ts.GrepArgs, rel: str, *, single_thread: bool = False) -> list[str]:
     """The search argv. Paths are NUL-terminated in the output (`--null`): the output is put in
-    path order here (sort_grep_output), so rg may search in parallel (`--sort` would force one
+    path order here (grep_output.render), so rg may search in parallel (`--sort` would force one
     thread); `single_thread` for a file or a small tree, where starting threads costs more."""
     target = _operand(rel)
     if ctx.rg:
@@ -267,7 +282,9 @@ def grep_argv(ctx: Context, a: ts.GrepArgs, rel: str, *, single_thread: bool = F
         if a.word:
             argv.append("--word-regexp")
         if a.context:
-            argv.append(f"--context={a.context}")
+            # Groups are separated by the sandbox (grep_output): a "--" line of rg's could not be
+            # told from a name that starts with "--\n".
+            argv += [f"--context={a.context}", "--no-context-separator"]
         if a.glob is not None:
             argv.append(f"--glob={a.glob}")
         if a.files_with_matches:
@@ -288,7 +305,7 @@ def grep_argv(ctx: Context, a: ts.GrepArgs, rel: str, *, single_thread: bool = F
         if a.word:
             argv.append("-w")
         if a.context:
-            argv.append(f"--context={a.context}")
+            argv += [f"--context={a.context}", "--no-group-separator"]
         if a.glob is not None:
             argv.append(f"--include={a.glob}")
         if a.files_with_matches:
@@ -321,54 +338,6 @@ def small_tree(path: str, limit: int = SMALL_TREE_ENTRIES) -> bool:
     return True
 
 
-def _path_key(path: bytes) -> list[bytes]:
-    return path.split(b"/")  # directory by directory, like a sorted walk ("a/b" before "a-c")
-
-
-def sort_grep_output(data: bytes, *, files_only: bool, context: bool) -> bytes:
-    """`--null` output of rg or GNU grep, in path order, as `path:LINE:text` / `path-LINE-text`.
-
-    A file's lines keep their order (and their `--` group separators); files are sorted by path,
-    with `--` between files when context lines are shown. Lines that name no file (rg's "binary
-    file matches" notice) come first. Paths lose their leading "./".
-    """
-    def clean(path: bytes) -> bytes:
-        return path[2:] if path.startswith(b"./") else path
-
-    if files_only:
-        paths = sorted((clean(p.strip(b"\n")) for p in data.split(b"\0") if p.strip(b"\n")), key=_path_key)
-        return b"".join(p + b"\n" for p in paths)
-    notices: list[bytes] = []
-    files: dict[bytes, list[bytes]] = {}
-    last: bytes | None = None
-    separator = False
-    for line in data.split(b"\n"):
-        if not line:
-            continue
-        if line == b"--":
-            separator = True
-            continue
-        path, nul, rest = line.partition(b"\0")
-        if not nul:
-            notices.append(_strip_dot_slash(line))
-            continue
-        digits = len(rest) - len(rest.lstrip(b"0123456789"))
-        sep = rest[digits:digits + 1] if digits else b":"
-        path = clean(path)
-        group = files.setdefault(path, [])
-        if separator and last == path and group:
-            group.append(b"--")
-        separator = False
-        last = path
-        group.append(path + sep + rest)
-    out = list(notices)
-    for i, path in enumerate(sorted(files, key=_path_key)):
-        if i and context:
-            out.append(b"--")
-        out.extend(files[path])
-    return b"".join(line + b"\n" for line in out)
-
-
 def find_argv(ctx: Context, a: ts.FindArgs, rel: str) -> list[str]:
     if not ctx.find:
         raise ToolError("internal", "find is not installed in the sandbox")
@@ -381,22 +350,25 @@ def find_argv(ctx: Context, a: ts.FindArgs, rel: str) -> list[str]:
         argv += ["-name", a.name]
     if a.iname is not None:
         argv += ["-iname", a.iname]
-    argv.append("-print")
+    argv.append("-print0")  # NUL-terminated: a name may hold a newline
     return argv
 
 
-async def _run_binary(ctx: Context, argv: list[str], postprocess: Callable[[bytes], bytes]) -> tuple[runner.RunResult, ToolOutput]:
+async def _run_binary(
+    ctx: Context, argv: list[str], postprocess: Callable[[bytes, bool], str], record_end: bytes = b"\n"
+) -> tuple[runner.RunResult, ToolOutput]:
+    """Run a binary; `postprocess(stdout, cut)` turns its raw output into the tool's text."""
     res = await runner.run(
         argv, cwd=ctx.root_real, timeout=ctx.timeout, max_output_bytes=ctx.max_output_bytes, launcher=ctx.launcher
     )
-    out = ToolOutput(command=_command(argv), stderr=_sanitize(_decode(res.stderr), ctx).strip())
+    out = ToolOutput(command=_command(argv), stderr=_binary_stderr(res.stderr, ctx))
     data = res.stdout
     omitted, exact = res.omitted_bytes, res.omitted_exact
-    if res.truncated or res.timed_out:
-        data, dropped = _cut_at_line(data)
+    cut = res.truncated or res.timed_out
+    if cut:
+        data, dropped = _cut_at_line(data, record_end)
         omitted += dropped
-    data = postprocess(data)
-    text = _decode(data)
+    text = postprocess(data, cut)
     if res.timed_out:
         out.timed_out = True
         out.exit_code = EXIT_TIMEOUT
@@ -430,9 +402,24 @@ async def grep(ctx: Context, p: Prepared) -> ToolOutput:
     # A bounded look (at most SMALL_TREE_ENTRIES entries read) decides whether threads pay off.
     single = not target.is_dir or small_tree(target.abs)
     argv = grep_argv(ctx, a, target.rel, single_thread=single)
-    res, out = await _run_binary(
-        ctx, argv, lambda data: sort_grep_output(data, files_only=a.files_with_matches, context=bool(a.context))
-    )
+    dropped = [0]
+
+    def post(data: bytes, cut: bool) -> str:
+        if a.files_with_matches:
+            return grep_output.render_paths(grep_output.split_paths(data, cut))
+        parser = grep_output.Parser(ctx.root_real, single=None if target.is_dir else _operand(target.rel))
+        records = parser.feed(data)
+        records += parser.finish(truncated=cut)
+        dropped[0] = parser.dropped
+        return grep_output.render(records, parser.notices, context=bool(a.context))
+
+    try:
+        res, out = await _run_binary(ctx, argv, post, b"\0" if a.files_with_matches else b"\n")
+    except grep_output.AmbiguousOutput as exc:
+        raise ToolError("internal", str(exc)) from None
+    if dropped[0]:
+        note = f"{dropped[0]} bytes of output named no file and were left out"
+        out.stderr = f"{out.stderr}\n{note}" if out.stderr else note
     if out.timed_out or out.truncated:
         return out
     if res.exit_code == 0:
@@ -457,12 +444,10 @@ async def find(ctx: Context, p: Prepared) -> ToolOutput:
     assert isinstance(a, ts.FindArgs)
     argv = find_argv(ctx, a, p.targets[0].rel)
 
-    def post(data: bytes) -> bytes:
-        lines = [line for line in _strip_dot_slash(data).split(b"\n") if line]
-        lines.sort()
-        return b"\n".join(lines) + (b"\n" if lines else b"")
+    def post(data: bytes, cut: bool) -> str:
+        return grep_output.render_paths(grep_output.split_paths(data, cut), by_directory=False)
 
-    res, out = await _run_binary(ctx, argv, post)
+    res, out = await _run_binary(ctx, argv, post, b"\0")
     if out.timed_out or out.truncated:
         return out
     if res.exit_code not in (0, None) and not out.stdout:
@@ -493,17 +478,17 @@ def _open_file(ctx: Context, r: paths.Resolved) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(r.abs, flags)
     except FileNotFoundError:
-        raise ToolError("not_found", f"no such file: {r.rel}") from None
+        raise ToolError("not_found", f"no such file: {shown(r.rel)}") from None
     except IsADirectoryError:
-        raise ToolError("file_type", f"{r.rel} is a directory") from None
+        raise ToolError("file_type", f"{shown(r.rel)} is a directory") from None
     except OSError as exc:  # ELOOP: it became a symlink after it was checked
-        raise ToolError("file_type", f"cannot open {r.rel}: {os.strerror(exc.errno or 0)}") from None
+        raise ToolError("file_type", f"cannot open {shown(r.rel)}: {os.strerror(exc.errno or 0)}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ToolError("file_type", f"{r.rel} is not a regular file")
+            raise ToolError("file_type", f"{shown(r.rel)} is not a regular file")
         if not paths.fd_beneath_root(fd, ctx.root_real):
-            raise ToolError("path_outside_root", f"{r.rel} is outside the data root")
+            raise ToolError("path_outside_root", f"{shown(r.rel)} is outside the data root")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -514,7 +499,7 @@ def _open_file(ctx: Context, r: paths.Resolved) -> tuple[int, os.stat_result]:
 def _binary_error(rel: str, tool: str) -> ToolError:
     return ToolError(
         "file_type",
-        f"{rel} is a binary file (NUL byte in its first 8 KB); {tool} shows text files only "
+        f"{shown(rel)} is a binary file (NUL byte in its first 8 KB); {tool} shows text files only "
         "(wc still counts it)",
     )
 
@@ -618,7 +603,7 @@ def _cat_sync(ctx: Context, p: Prepared) -> ToolOutput:
     a = p.args
     assert isinstance(a, ts.CatArgs)
     r = p.targets[0]
-    cmd = f"cat {shlex.quote(r.rel)}"
+    cmd = f"cat {_quoted(r.rel)}"
     if a.start_line is not None or a.end_line is not None:
         cmd += f" (lines {a.start_line or 1}-{a.end_line if a.end_line is not None else 'end'})"
     deadline = _Deadline(ctx.timeout)
@@ -635,7 +620,7 @@ def _cat_sync(ctx: Context, p: Prepared) -> ToolOutput:
         out.truncated = True
         out.stdout = _with_marker(out.stdout, _content_marker(sel, r.rel))
     elif not sel.data and a.start_line is not None and sel.total_lines is not None and start > sel.total_lines:
-        out.stderr = f"start_line {start} is past the end of {r.rel} ({sel.total_lines} lines)"
+        out.stderr = f"start_line {start} is past the end of {shown(r.rel)} ({sel.total_lines} lines)"
     return out
 
 
@@ -655,12 +640,12 @@ def _head_sync(ctx: Context, p: Prepared) -> ToolOutput:
     text = _decode(sel.data)
     if preview:
         total = sel.total_lines or 0
-        shown = min(a.lines, total)
-        header = f"==> {r.rel} <== ({st.st_size} bytes, {total} lines; showing lines {1 if shown else 0}-{shown})\n"
+        count = min(a.lines, total)
+        header = f"==> {shown(r.rel)} <== ({st.st_size} bytes, {total} lines; showing lines {1 if count else 0}-{count})\n"
         text = header + text
-        cmd = f"preview {shlex.quote(r.rel)} ({a.lines} lines)"
+        cmd = f"preview {_quoted(r.rel)} ({a.lines} lines)"
     else:
-        cmd = f"head -n {a.lines} {shlex.quote(r.rel)}"
+        cmd = f"head -n {a.lines} {_quoted(r.rel)}"
     out = ToolOutput(command=cmd, stdout=text)
     if sel.truncated:
         out.truncated = True
@@ -673,7 +658,7 @@ def _tail_sync(ctx: Context, p: Prepared) -> ToolOutput:
     assert isinstance(a, ts.TailArgs)
     r = p.targets[0]
     n = a.lines
-    cmd = f"tail -n {n} {shlex.quote(r.rel)}"
+    cmd = f"tail -n {n} {_quoted(r.rel)}"
     cap = ctx.max_output_bytes
     read_limit = 4 * cap + (1 << 16)
     fd, st = _open_file(ctx, r)
@@ -752,7 +737,7 @@ def _wc_sync(ctx: Context, p: Prepared) -> ToolOutput:
             codes.append(exc.code)
             continue
         if item.is_dir:
-            errors.append(f"wc: {item.rel}: is a directory")
+            errors.append(f"wc: {shown(item.rel)}: is a directory")
             codes.append("file_type")
             continue
         try:
@@ -761,8 +746,8 @@ def _wc_sync(ctx: Context, p: Prepared) -> ToolOutput:
             errors.append(f"wc: {exc.message}")
             codes.append(exc.code)
             continue
-        rows.append((lines, words, size, item.rel))
-    cmd = "wc " + " ".join(shlex.quote(str(x)) for x in a.paths)
+        rows.append((lines, words, size, shown(item.rel)))
+    cmd = "wc " + " ".join(_quoted(str(x)) for x in a.paths)
     if not rows:
         return ToolOutput(command=cmd, exit_code=EXIT_REFUSED, error="; ".join(errors)[:1000], error_code=codes[0])
     if len(rows) > 1:
@@ -781,12 +766,12 @@ def _open_dir(ctx: Context, r: paths.Resolved) -> int:
     try:
         fd = os.open(r.abs, flags)
     except FileNotFoundError:
-        raise ToolError("not_found", f"no such directory: {r.rel}") from None
+        raise ToolError("not_found", f"no such directory: {shown(r.rel)}") from None
     except OSError as exc:
-        raise ToolError("file_type", f"cannot open directory {r.rel}: {os.strerror(exc.errno or 0)}") from None
+        raise ToolError("file_type", f"cannot open directory {shown(r.rel)}: {os.strerror(exc.errno or 0)}") from None
     if not paths.fd_beneath_root(fd, ctx.root_real):
         os.close(fd)
-        raise ToolError("path_outside_root", f"{r.rel} is outside the data root")
+        raise ToolError("path_outside_root", f"{shown(r.rel)} is outside the data root")
     return fd
 
 
@@ -847,11 +832,11 @@ def _ls_sync(ctx: Context, p: Prepared) -> ToolOutput:
     assert isinstance(a, ts.LsArgs)
     r = p.targets[0]
     flags = ("-a " if a.all else "") + ("-l " if a.long else "")
-    cmd = f"ls {flags}{shlex.quote(r.rel)}".replace("  ", " ")
+    cmd = f"ls {flags}{_quoted(r.rel)}".replace("  ", " ")
     if not r.is_dir:
         st = r.st
         assert st is not None
-        line = _long_line(r.rel, st) if a.long else r.rel
+        line = _long_line(shown(r.rel), st) if a.long else shown(r.rel)
         return ToolOutput(command=cmd, stdout=line + "\n")
     fd = _open_dir(ctx, r)
     try:
@@ -870,6 +855,7 @@ def _ls_sync(ctx: Context, p: Prepared) -> ToolOutput:
     entries.sort(key=lambda e: e[0])
     buf = _CappedText(ctx.max_output_bytes)
     for name, st in entries:
+        name = shown(name)
         if not buf.add(_long_line(name, st) if a.long else name + _suffix(st.st_mode)):
             break
     out = ToolOutput(command=cmd, stdout=buf.text())
@@ -883,12 +869,12 @@ def _tree_sync(ctx: Context, p: Prepared) -> ToolOutput:
     a = p.args
     assert isinstance(a, ts.TreeArgs)
     r = p.targets[0]
-    cmd = f"tree -F -L {a.max_depth} {shlex.quote(r.rel)}"
+    cmd = f"tree -F -L {a.max_depth} {_quoted(r.rel)}"
     deadline = _Deadline(ctx.timeout)
     buf = _CappedText(ctx.max_output_bytes)
     counts = {"dirs": 0, "files": 0}
     stop = False
-    buf.add(r.rel if r.rel == "." else r.rel + "/")
+    buf.add(r.rel if r.rel == "." else shown(r.rel) + "/")
 
     def walk(dir_fd: int, prefix: str, depth: int) -> None:
         nonlocal stop
@@ -910,7 +896,7 @@ def _tree_sync(ctx: Context, p: Prepared) -> ToolOutput:
             last = i == len(entries) - 1
             is_dir = stat.S_ISDIR(st.st_mode)
             counts["dirs" if is_dir else "files"] += 1
-            if not buf.add(f"{prefix}{'└── ' if last else '├── '}{name}{_suffix(st.st_mode)}"):
+            if not buf.add(f"{prefix}{'└── ' if last else '├── '}{shown(name)}{_suffix(st.st_mode)}"):
                 stop = True
                 return
             if is_dir and depth < a.max_depth:
