@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from fsagent.common import names
+
 log = logging.getLogger(__name__)
 
 _MESSAGE_LIMIT = 300  # characters of an upstream message passed on
@@ -59,6 +61,19 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+# Declared on the routes that create or replace a document's name (create, update, upload).
+INVALID_PATH_RESPONSE: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorBody,
+        "description": (
+            "`invalid_path`: a name holds a control character (U+0000-U+001F, U+007F-U+009F), a "
+            "line/paragraph separator (U+2028, U+2029) or bytes that are not UTF-8. Other 400s: "
+            "`invalid_argument`, `failed_precondition`, `bad_request`."
+        ),
+    },
+}
+
+
 # Documented on every /api route (FastAPI's own 422 schema would describe a shape we never send).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid API key (when keys are configured)."},
@@ -100,6 +115,10 @@ def rpc_error(exc: grpc.aio.AioRpcError, upstream: str | None) -> tuple[int, str
         # The sandbox refuses binary files with FAILED_PRECONDITION; that is a media-type problem.
         if status == grpc.StatusCode.FAILED_PRECONDITION and "binary" in message.lower():
             http, code = 415, "unsupported_media_type"
+        # A name it will not create (the shared rule, fsagent.common.names): the same code the
+        # gateway answers with when it refuses the name itself.
+        if status == grpc.StatusCode.INVALID_ARGUMENT and message.startswith(names.INVALID_PATH_PREFIX):
+            code = names.INVALID_PATH_CODE
         return http, code, message
     if status == grpc.StatusCode.UNAVAILABLE:
         return 503, "unavailable", f"{peer} unavailable"

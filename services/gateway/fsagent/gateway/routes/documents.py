@@ -1,13 +1,17 @@
 """The documents under the data root: list, read, create, update, delete and upload.
 
-Paths are relative to the data root; the sandbox resolves and confines them.
+Paths are relative to the data root; the sandbox resolves and confines them. A name to create
+(create, update, upload's `path` and filename) is checked here with the sandbox's own rule
+(fsagent.common.names) before any gRPC hop: 400 `invalid_path`. Paths in answers are printed with
+`names.display` (quoted when a name holds a colon or a control character); any path parameter takes
+them back as printed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any, AsyncIterator, Iterator
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -15,9 +19,10 @@ from pydantic import BaseModel, Field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from fsagent.common import names
 from fsagent.common.settings import Settings
 from fsagent.gateway.clients import STREAM_TIMEOUT, UNARY_TIMEOUT, SandboxDep, SettingsDep
-from fsagent.gateway.errors import ApiError
+from fsagent.gateway.errors import INVALID_PATH_RESPONSE, ApiError
 from fsagent.gateway.metrics import InstrumentedRoute
 from fsagent.v1 import sandbox_pb2, sandbox_pb2_grpc
 
@@ -64,6 +69,22 @@ class DocumentDeleted(BaseModel):
 
 def info_json(info: sandbox_pb2.DocumentInfo) -> dict[str, Any]:
     return {"path": info.path, "is_dir": info.is_dir, "size": info.size, "modified": info.modified}
+
+
+def invalid_path(exc: names.InvalidName) -> ApiError:
+    return ApiError(400, names.INVALID_PATH_CODE, exc.message)
+
+
+def check_new_path(request: Request, path: str) -> None:
+    """Refuse a name to create: invalid UTF-8 in the URL (which the server would otherwise turn
+    into U+FFFD), or a forbidden character in the decoded path."""
+    try:
+        raw = request.scope.get("raw_path")
+        if raw:
+            names.check_new_name_bytes(unquote_to_bytes(raw.split(b"?", 1)[0]))
+        names.validate_new_path(path)
+    except names.InvalidName as exc:
+        raise invalid_path(exc) from None
 
 
 def _created(info: sandbox_pb2.DocumentInfo) -> JSONResponse:
@@ -174,6 +195,10 @@ class UploadForm:
             else sandbox_pb2.WRITE_MODE_CREATE
         )
         target = upload_target(self.fields.get("path", ""), self.filename)
+        try:
+            names.validate_new_path(target)
+        except names.InvalidName as exc:
+            raise invalid_path(exc) from None
         return sandbox_pb2.UploadHeader(path=target, mode=mode)
 
     # parser callbacks
@@ -194,7 +219,10 @@ class UploadForm:
                 raise ApiError(400, "bad_request", "only one file per upload")
             if b"filename" not in params:
                 raise ApiError(422, "validation_error", "body field 'file': Expected a file")
-            self.filename = params[b"filename"].decode("utf-8", "replace")
+            try:  # refused even when `path` names the whole target and the filename goes unused
+                self.filename = names.check_new_name_bytes(params[b"filename"])
+            except names.InvalidName as exc:
+                raise invalid_path(exc) from None
             self.file_started = True
             self._part = "file"
         elif self._name in ("path", "overwrite"):
@@ -220,7 +248,12 @@ class UploadForm:
         self.complete = True
 
     def _part_end(self) -> None:
-        if self._part == "field":
+        if self._part == "field" and self._name == "path":
+            try:
+                self.fields["path"] = names.check_new_name_bytes(bytes(self._value))
+            except names.InvalidName as exc:
+                raise invalid_path(exc) from None
+        elif self._part == "field":
             try:
                 self.fields[self._name] = self._value.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -244,7 +277,7 @@ def upload_target(path: str, filename: str) -> str:
 @router.post(
     "/upload", status_code=201, response_model=DocumentInfo, openapi_extra=_UPLOAD_OPENAPI,
     summary="Upload a file (multipart/form-data), streamed to the sandbox",
-    responses={413: {"description": "The file is larger than FSAGENT_MAX_FILE_SIZE."}},
+    responses={**INVALID_PATH_RESPONSE, 413: {"description": "The file is larger than FSAGENT_MAX_FILE_SIZE."}},
 )
 async def upload_document(
     request: Request, sandbox: SandboxDep, settings: SettingsDep
@@ -322,21 +355,24 @@ async def read_document(path: DocumentPath, sandbox: SandboxDep) -> dict[str, An
 
 @router.post(
     "/{path:path}", status_code=201, response_model=DocumentInfo,
-    summary="Create a document (409 if it exists)",
+    summary="Create a document (409 if it exists)", responses=INVALID_PATH_RESPONSE,
 )
 async def create_document(
-    path: DocumentPath, body: DocumentBody, sandbox: SandboxDep, settings: SettingsDep
+    request: Request, path: DocumentPath, body: DocumentBody, sandbox: SandboxDep, settings: SettingsDep
 ) -> JSONResponse:
+    check_new_path(request, path)
     mode = sandbox_pb2.WRITE_MODE_CREATE
     return _created(await _write(sandbox, settings, path, body.content, mode))
 
 
 @router.put(
-    "/{path:path}", response_model=DocumentInfo, summary="Replace a document (404 if missing)"
+    "/{path:path}", response_model=DocumentInfo, summary="Replace a document (404 if missing)",
+    responses=INVALID_PATH_RESPONSE,
 )
 async def update_document(
-    path: DocumentPath, body: DocumentBody, sandbox: SandboxDep, settings: SettingsDep
+    request: Request, path: DocumentPath, body: DocumentBody, sandbox: SandboxDep, settings: SettingsDep
 ) -> dict[str, Any]:
+    check_new_path(request, path)
     mode = sandbox_pb2.WRITE_MODE_UPDATE
     return info_json(await _write(sandbox, settings, path, body.content, mode))
 

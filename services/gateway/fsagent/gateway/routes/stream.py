@@ -7,6 +7,7 @@ from typing import Annotated, Iterable
 from fastapi import APIRouter, Path, Query
 from sse_starlette import EventSourceResponse
 
+from fsagent.common import names
 from fsagent.gateway import sse
 from fsagent.gateway.clients import STREAM_TIMEOUT, SandboxDep, SettingsDep
 from fsagent.gateway.metrics import InstrumentedRoute
@@ -29,6 +30,7 @@ async def stream_file(
     chunk_lines: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> EventSourceResponse:
     seen = {"lines": 0, "total": None}
+    shown_path = names.display(names.parse(path))  # the caller's path, printed like every path
 
     def render(chunk: sandbox_pb2.FileChunk) -> Iterable[sse.Event]:
         seen["lines"] += len(chunk.lines)
@@ -36,7 +38,7 @@ async def stream_file(
             seen["total"] = chunk.total_lines
         if chunk.lines:
             lines = list(chunk.lines)
-            yield "chunk", {"path": path, "start_line": chunk.start_line, "lines": lines}
+            yield "chunk", {"path": shown_path, "start_line": chunk.start_line, "lines": lines}
 
     def finish() -> Iterable[sse.Event]:
         total = seen["total"]
