@@ -237,8 +237,10 @@ TOOLS: dict[str, ToolSpec] = {
         ToolSpec(
             "grep",
             "Search file contents for a regular expression, recursively (ripgrep). Output lines are "
-            "'path:LINE:text' (context lines 'path-LINE-text', groups separated by '--'); no output "
-            "means no match. Start here to find where something is mentioned.",
+            "'path:LINE:text' (context lines 'path:LINE-text', groups separated by '--'); no output "
+            "means no match. Start here to find where something is mentioned. A path holding a colon "
+            "or a control character is shown as a JSON string in double quotes, e.g. "
+            "'\"a:b.md\":3:text'; pass such a path to any tool exactly as shown.",
             GrepArgs, "search", ("path",),
         ),
         ToolSpec(

@@ -7,7 +7,8 @@ ls, tree, wc and preview.
 
 How to work:
 - The data root is "."; every path you pass and every path you see is relative to it (for example \
-"policies/password-policy.md"). There is nothing outside it.
+"policies/password-policy.md"). There is nothing outside it. A name holding a colon or a control \
+character is shown as a JSON string in double quotes ("a:b.md"); pass it exactly as shown.
 - Search first: grep with ignore_case for key words (output lines are path:LINE:text), or \
 ls/tree/find to see what exists. Then read only what you need: cat with start_line and end_line \
 around the matching lines, or preview for a quick look at a file.

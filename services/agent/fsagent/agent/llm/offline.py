@@ -30,6 +30,7 @@ from fsagent.agent.llm.base import (
     ToolCallRequest,
     Usage,
 )
+from fsagent.common import names
 
 MODEL_NAME = "fsagent-offline"
 GREP_MAX_COUNT = 20
@@ -72,7 +73,10 @@ STOPWORDS = frozenset(
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9]+(?:[._/\-][A-Za-z0-9]+)*")
 _REGEX_META = re.compile(r"([.^$*+?()\[\]{}|\\])")
-_MATCH_LINE_RE = re.compile(r"^(?P<path>.+?):(?P<line>\d+):(?P<text>.*)$")
+# A grep line: a plain path has no colon (fsagent.common.names), a quoted one is a JSON string.
+_MATCH_LINE_RE = re.compile(r"^(?P<path>[^:\"][^:]*):(?P<line>\d+):(?P<text>.*)$")
+_AFTER_QUOTED_RE = re.compile(r":(?P<line>\d+):(?P<text>.*)$")
+_JSON = json.JSONDecoder()
 _LIST_MARKER_RE = re.compile(r"^(?:[-*+]|\d+[.)])\s+(?:\[[ xX]\]\s+)?")
 _WORD_BOUNDARY_RE = re.compile(r"(?<=\s)(?=\S)")
 _QUESTION_RE = re.compile(r"^\*\*.+\?\*\*$|^[^|].*\?$")
@@ -207,13 +211,32 @@ def _clean_path(path: str) -> str:
     return path[2:] if path.startswith("./") else path
 
 
+def _grep_line(raw: str) -> tuple[str, int, str] | None:
+    """(path, line, text) of a match line, the path as the name it displays; None otherwise."""
+    if raw.startswith('"'):
+        try:
+            path, end = _JSON.raw_decode(raw)
+        except ValueError:
+            return None
+        match = _AFTER_QUOTED_RE.match(raw, end)
+        if not isinstance(path, str) or match is None:
+            return None
+        return path, int(match["line"]), match["text"]
+    match = _MATCH_LINE_RE.match(raw)
+    if match is None:
+        return None
+    return _clean_path(match["path"]), int(match["line"]), match["text"]
+
+
 def _parse_grep(content: str, evidence: _Evidence) -> None:
-    for raw in content.splitlines():
-        match = _MATCH_LINE_RE.match(raw)
-        if not match:
-            continue  # context separators, truncation markers, stderr notes
-        path, number = _clean_path(match["path"]), int(match["line"])
-        evidence.add_line(path, number, match["text"])
+    # Lines end at "\n" only: a document line may hold "\r", U+2028 and the like, where
+    # str.splitlines() would break it and let its rest pass for a line of another file.
+    for raw in content.split("\n"):
+        parsed = _grep_line(raw.removesuffix("\r"))  # a CRLF file's line
+        if parsed is None:
+            continue  # context lines and separators, truncation markers, stderr notes
+        path, number, text = parsed
+        evidence.add_line(path, number, text)
         evidence.matches.setdefault(path, []).append(number)
 
 
@@ -226,7 +249,9 @@ def _parse_cat(result: _ToolResult, evidence: _Evidence) -> None:
         limit = int(end) - start + 1 if end is not None else None
     except (TypeError, ValueError):
         return
-    lines = result.content.splitlines()
+    lines = [line.removesuffix("\r") for line in result.content.split("\n")]  # see _parse_grep
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
     if limit is not None:
         lines = lines[:limit]
     for offset, text in enumerate(lines):
@@ -239,7 +264,7 @@ def _gather(conversation: _Conversation) -> _Evidence:
     evidence = _Evidence()
     for result in conversation.results:
         if result.failed:
-            what = f"{result.name} {result.args.get('path', '')}".strip()
+            what = f"{result.name} {names.display(str(result.args.get('path', '')))}".strip()
             reason = result.content[len(TOOL_ERROR_PREFIX) :].lstrip(" :").splitlines()[0:1]
             evidence.failures.append(f"{what}: {reason[0] if reason else 'failed'}")
             if result.name == "grep":
@@ -473,7 +498,7 @@ def _compose_answer(question: str, terms: list[str], evidence: _Evidence) -> str
         return _nothing_found(terms)
     chosen = _select(candidates, scorer.rank_files(evidence))
     best = max(c.score for c in chosen)
-    files = list(dict.fromkeys(c.path for c in chosen))
+    files = list(dict.fromkeys(names.display(c.path) for c in chosen))
     if best >= DIRECT_COVERAGE * scorer.total_weight:
         lead = f"Here is what the documents say, from {_code_list(files)}:"
     else:
@@ -481,7 +506,7 @@ def _compose_answer(question: str, terms: list[str], evidence: _Evidence) -> str
             "I could not find a line that answers this directly. The closest matches, from "
             f"{_code_list(files)}, are:"
         )
-    bullets = [f"- {_quote(c.text)} ({c.path}:{c.line})" for c in chosen]
+    bullets = [f"- {_quote(c.text)} ({names.display(c.path)}:{c.line})" for c in chosen]
     parts = [lead, "", *bullets]
     if evidence.failures:
         parts += ["", "Some tool calls failed: " + "; ".join(evidence.failures) + "."]
