@@ -44,6 +44,19 @@ die() { log "error: $*"; exit 1; }
 # systemd), file events, and bounded ulimits for every container (builds included).
 PODMAN=(podman --runtime /usr/sbin/runc --cgroup-manager cgroupfs --events-backend file)
 ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+# The same settings as a containers.conf for what cannot take flags (a pod's infra container gets no
+# --ulimit); tests/images and anyone else running these images here export CONTAINERS_CONF=<it>.
+mkdir -p "$ROOT/.tools/podman"
+cat >"$ROOT/.tools/podman/containers.conf" <<'CONF'
+# Written by scripts/build_images.sh: podman on these machines (hybrid cgroup v1, no systemd).
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
 
 # ---- tools ---------------------------------------------------------------------------------------
 APT_PACKAGES=(podman runc uidmap slirp4netns fuse-overlayfs netavark aardvark-dns iptables catatonit
