@@ -278,6 +278,9 @@ def test_images_come_from_values(helm):
     r = helm.template(sets=["agent.image.repository=reg.local/a", "agent.image.tag=abc@sha256:" + "0" * 64])
     assert main_container(r.get("Deployment", "fsagent-agent"))["image"] == "reg.local/a:abc@sha256:" + "0" * 64
     r = helm.template()
+    # The default: where .github/workflows/release.yml publishes, tagged with the appVersion.
+    assert main_container(r.get("Deployment", "fsagent-gateway"))["image"] == "ghcr.io/fsagent/fsagent-gateway:0.1.0"
+    r = helm.template(sets=["image.registry="])
     assert main_container(r.get("Deployment", "fsagent-gateway"))["image"] == "fsagent-gateway:0.1.0"
 
 

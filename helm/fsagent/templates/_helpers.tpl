@@ -67,12 +67,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-Container image of one component: [registry/]repository:tag. A tag of the form "tag@sha256:..." (as
-skaffold's setValueTemplates produce) is kept whole, which yields repository:tag@digest.
-Call with (dict "root" $ "image" .Values.agent.image).
+Container image of one component: [registry/]repository:tag. registry = global.imageRegistry (always
+put first), else image.registry (where the release workflow publishes), which a repository that
+names its own registry host (first part with a "." or ":", or localhost) does not get. A tag of the
+form "tag@sha256:..." (as skaffold's setValueTemplates produce) is kept whole, which yields
+repository:tag@digest. Call with (dict "root" $ "image" .Values.agent.image).
 */}}
 {{- define "fsagent.image" -}}
-{{- $registry := .root.Values.global.imageRegistry -}}
+{{- $first := first (splitList "/" .image.repository) -}}
+{{- $ownHost := and (contains "/" .image.repository) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $registry := .root.Values.global.imageRegistry | default (ternary "" .root.Values.image.registry $ownHost) -}}
 {{- $tag := .image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion | toString | trimSuffix "@" -}}
 {{- if $registry -}}
 {{- printf "%s/%s:%s" (trimSuffix "/" $registry) .image.repository $tag -}}
