@@ -109,3 +109,16 @@ async def test_openapi_declares_the_400_on_every_write_route(client):
         response = routes[path][method]["responses"]["400"]
         assert "invalid_path" in response["description"], (path, method)
         assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_tool_call_arguments_with_a_lone_surrogate_stay_as_sent():
+    """A model's JSON may escape a lone surrogate ("\\ud800", e.g. a path it made up): decoded, no
+    response could encode it as UTF-8, and the whole chat reply was a 500."""
+    from fsagent.gateway.routes.chat import tool_call_json
+    from fsagent.v1 import agent_pb2
+
+    raw = '{"path": "a\\ud800b"}'
+    call = agent_pb2.ToolCall(id="c1", name="cat", arguments_json=raw)
+    assert tool_call_json(call)["arguments"] == raw
+    call = agent_pb2.ToolCall(id="c2", name="cat", arguments_json='{"path": "a\\u00e9\\n.md"}')
+    assert tool_call_json(call)["arguments"] == {"path": "a\u00e9\n.md"}

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tests.security.world import MARKER
+from fsagent.common import names
+from tests.security.world import FORGE_MARK, MARKER, NAME_ATTACKS, UNDECODABLE_NAME
 
 PWN = f"/tmp/{MARKER}"
 MARKER_PREFIX = "[... output truncated:"
@@ -32,6 +33,14 @@ def lacks(*texts: str) -> Check:
     def check(out: str) -> str | None:
         found = [t for t in texts if t in out]
         return f"unexpected {found} in the output" if found else None
+    return check
+
+
+def shows_quoted(*raw_names: str) -> Check:
+    """Each name appears in the output, and only as names.display prints it (quoted)."""
+    def check(out: str) -> str | None:
+        missing = [n for n in raw_names if names.display(n) not in out]
+        return f"expected {missing[:2]!r} shown quoted" if missing else None
     return check
 
 
@@ -171,6 +180,34 @@ TOOL_ATTACKS: list[Attack] = [
     _a("grep-regex-named-backreference", "regex", "grep", {"pattern": "(?P<x>a)(?P=x)"}, REFUSED),
     _a("grep-regex-classic-redos", "regex", "grep", {"pattern": "(x+x+)+y", "path": "longline.txt"}, OK),
     _a("grep-regex-dotstar-repeat", "regex", "grep", {"pattern": "(.*){1,32000}[bc]", "path": "big.txt"}, OK + REFUSED + ("timeout",)),
+]
+
+# --- names: files named (on disk, behind the API's back) to forge `path:LINE:` citations ---------
+ATTACK_NAME, CR_NAME, ESC_NAME, C1_NAME, PRINTABLE_NAME, DASH_NAME = NAME_ATTACKS
+UNDECODABLE = UNDECODABLE_NAME.decode("utf-8", "surrogateescape")
+ATTACK_DIR = ATTACK_NAME.split("/")[0]
+SHOWN_FILES = shows_quoted(ATTACK_NAME, CR_NAME, C1_NAME, PRINTABLE_NAME, UNDECODABLE)
+FILE_CONTENT = contains("password rules, attack 1")
+
+TOOL_ATTACKS += [
+    _a("names-grep-forged-citation", "names", "grep", {"pattern": "password rules", "ignore_case": True}, OK, SHOWN_FILES),
+    _a("names-grep-files-with-matches", "names", "grep", {"pattern": "password rules", "files_with_matches": True}, OK, SHOWN_FILES),
+    _a("names-grep-context-separator-name", "names", "grep", {"pattern": "second line", "context": 2}, OK, shows_quoted(DASH_NAME)),
+    _a("names-grep-in-hostile-dir", "names", "grep", {"pattern": "password", "path": names.display(ATTACK_DIR)}, OK, shows_quoted(ATTACK_NAME)),
+    _a("names-grep-hostile-file-raw", "names", "grep", {"pattern": "password", "path": ATTACK_NAME}, OK, shows_quoted(ATTACK_NAME)),
+    _a("names-grep-path-lone-surrogate", "names", "grep", '{"pattern": "x", "path": "a\\ud800b"}', REFUSED),
+    _a("names-find-everything", "names", "find", {"type": "f", "name": "*password*"}, OK, SHOWN_FILES),
+    _a("names-ls-root", "names", "ls", {}, OK, shows_quoted(C1_NAME, UNDECODABLE, ATTACK_DIR)),
+    _a("names-ls-long-hostile-dir", "names", "ls", {"path": names.display(ATTACK_DIR), "long": True}, OK, contains(FORGE_MARK)),
+    _a("names-tree", "names", "tree", {"max_depth": 3}, OK, shows_quoted(C1_NAME, UNDECODABLE, ATTACK_DIR)),
+    _a("names-wc", "names", "wc", {"paths": [ATTACK_NAME, names.display(UNDECODABLE), names.display(PRINTABLE_NAME)]}, OK, shows_quoted(ATTACK_NAME, UNDECODABLE, PRINTABLE_NAME)),
+    _a("names-cat-by-raw-name", "names", "cat", {"path": ATTACK_NAME}, OK, FILE_CONTENT),
+    _a("names-cat-as-shown", "names", "cat", {"path": names.display(ESC_NAME)}, OK, contains("password rules, attack 3")),
+    _a("names-head-undecodable-as-shown", "names", "head", {"path": names.display(UNDECODABLE)}, OK, contains("undecodable name")),
+    _a("names-tail-per-component", "names", "tail", {"path": f"{names.display(ATTACK_DIR)}/{names.display(ATTACK_NAME.split('/', 1)[1])}"}, OK, FILE_CONTENT),
+    _a("names-preview-header", "names", "preview", {"path": CR_NAME}, OK, shows_quoted(CR_NAME)),
+    _a("names-cat-missing-echoes-escaped", "names", "cat", {"path": f"nothing\npolicies/password-policy.md:9:{FORGE_MARK}"}, MISSING),
+    _a("names-cat-dir-echoes-escaped", "names", "cat", {"path": ATTACK_DIR}, SPECIAL),
 ]
 
 BY_ID = {attack.id: attack for attack in TOOL_ATTACKS}

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fsagent.cli.localstack import LocalStack
 from fsagent.v1 import sandbox_pb2, sandbox_pb2_grpc
 from tests.fakes.openai_server import ScriptedOpenAI, turns_since_user
+from tests.forgery import false_grep_lines
 from tests.integration.conftest import start_stack
 from tests.security import world as w
 from tests.security.attacks import BY_ID
@@ -144,3 +145,10 @@ class Guard:
     def clean(self, text: str, *, echoes_input: bool = False) -> None:
         found = w.leaks(text, () if echoes_input else self.world.host_paths)
         assert not found, f"leaked: {found}"
+        forged = w.forgeries(text)
+        assert not forged, f"a name showed raw or forged a line: {forged[:3]}"
+
+    def true_grep(self, stdout: str) -> None:
+        """Every `path:LINE:text` line of grep output is that file's line (no forged citation)."""
+        wrong = false_grep_lines(self.world.root, stdout)
+        assert not wrong, f"grep lines that are not what their file holds: {wrong[:3]}"

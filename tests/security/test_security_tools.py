@@ -13,7 +13,7 @@ IDS = [a.id for a in TOOL_ATTACKS]
 
 def test_the_catalogue_covers_every_class() -> None:
     classes = {a.klass for a in TOOL_ATTACKS}
-    assert classes == {"arguments", "paths", "special_files", "output", "regex"}
+    assert classes == {"arguments", "paths", "special_files", "output", "regex", "names"}
     assert len(TOOL_ATTACKS) >= 60
 
 
@@ -24,6 +24,8 @@ def test_grpc(world: World, attack: Attack) -> None:
     text = "\n".join((resp.stdout, resp.stderr, resp.error, resp.command))
     guard.clean(text, echoes_input=attack.echoes_input)
     assert resp.error_code in attack.expect, f"{attack.id}: got {resp.error_code!r} ({resp.error[:200]})"
+    if attack.tool == "grep":
+        guard.true_grep(resp.stdout)
     if resp.error_code:
         assert resp.exit_code != 0 and resp.error and not resp.stdout.strip() or resp.error_code == "timeout"
     if attack.check is not None and not resp.error_code:
@@ -44,6 +46,9 @@ def test_http_with_scripted_model(world: World, attack: Attack) -> None:
     body = reply.json()
     assert [c["name"] for c in body["tool_calls"]] == [attack.tool]
     (result,) = [r["result"] for r in body["tool_results"]]
+    if attack.tool == "grep":
+        guard.true_grep(result["stdout"])
+    guard.clean(body["response"])  # the chat reply as a client reads it, line by line
     if attack.expect == ("",):
         assert result["success"], f"{attack.id}: {result['error'][:200]}"
         if attack.check is not None:

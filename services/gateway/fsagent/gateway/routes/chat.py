@@ -101,7 +101,10 @@ class SessionDeleted(BaseModel):
 def _arguments(raw: str) -> dict[str, Any] | str:
     try:
         parsed = json.loads(raw)
-    except ValueError:
+        # A lone surrogate escaped in the model's JSON ("\ud800") decodes to text no response
+        # can encode as UTF-8 (a 500 for the whole reply): such arguments stay as sent.
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
         return raw
     return parsed if isinstance(parsed, dict) else raw
 
