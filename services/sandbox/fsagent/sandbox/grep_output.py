@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fsagent.common import names
 
@@ -37,6 +37,8 @@ _WARNING_RE = re.compile(
     rb': WARNING: stopped searching binary file after match \(found "\\0" byte around offset (\d+)\)\n'
 )
 _DIGITS = b"0123456789"
+_LINE_RE = re.compile(rb"(\d+)([:-])")
+_NOT_PLAIN_ASCII = re.compile(rb'[\x00-\x1f\x7f-\xff:]|^"')  # printed as is by names.display
 
 
 class AmbiguousOutput(Exception):
@@ -48,8 +50,7 @@ class AmbiguousOutput(Exception):
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     path: bytes  # as the binary printed it ("./rel/name")
     line: int
     match: bool  # False: a context line
@@ -58,9 +59,15 @@ class Record:
 
 def display_path(raw: bytes) -> str:
     """A path as rg/grep/find printed it, relative to the root, as names.display prints it."""
+    return _display_bytes(raw).decode()
+
+
+def _display_bytes(raw: bytes) -> bytes:
     if raw.startswith(b"./"):
         raw = raw[2:]
-    return names.display(os.fsdecode(raw) if raw else ".")
+    if raw and _NOT_PLAIN_ASCII.search(raw) is None:
+        return raw  # the common case: names.display would print it as it is
+    return names.display(os.fsdecode(raw) if raw else ".").encode()  # nothing left that UTF-8 cannot encode
 
 
 def _decode(data: bytes) -> str:
@@ -174,6 +181,45 @@ class Parser:
         return os.path.lexists(os.path.join(self.root, rel))
 
 
+def read_all(
+    data: bytes, root: str, *, single: str | None = None, truncated: bool = False
+) -> tuple[list[Record], list[str], int]:
+    """A whole output at once: (records, notices, bytes left out).
+
+    The common case takes one split on newlines: when every line holds a NUL, no path holds a
+    newline (the piece of a path before its newline holds none) and there is no notice, so each
+    line is one record. Anything else goes through the Parser.
+    """
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the output ends with a newline
+    records: list[Record] = []
+    match_line = _LINE_RE.match
+    for line in lines:
+        path, nul, rest = line.partition(b"\0")
+        found = match_line(rest) if nul else None
+        if found is None:
+            return _read_carefully(data, root, single, truncated)
+        records.append((path, int(found[1]), found[2] == b":", rest[found.end():]))  # a Record's fields
+    dropped = 0
+    if tail:
+        if not truncated:
+            return _read_carefully(data, root, single, truncated)
+        path, nul, rest = tail.partition(b"\0")
+        found = match_line(rest) if nul else None
+        if found is None:
+            dropped = len(tail)  # a path cut in the middle
+        else:
+            records.append(Record(path, int(found[1]), found[2] == b":", rest[found.end():]))
+    return records, [], dropped
+
+
+def _read_carefully(data: bytes, root: str, single: str | None, truncated: bool) -> tuple[list[Record], list[str], int]:
+    parser = Parser(root, single=single, max_pending=len(data) + 1)
+    records = parser.feed(data)
+    records += parser.finish(truncated=truncated)
+    return records, parser.notices, parser.dropped
+
+
 def _path_key(path: bytes) -> list[bytes]:
     return path.split(b"/")  # directory by directory, like a sorted walk ("a/b" before "a-c")
 
@@ -181,20 +227,25 @@ def _path_key(path: bytes) -> list[bytes]:
 def render(records: list[Record], notices: list[str], *, context: bool) -> str:
     """Records in path order (a file's lines keep their order), notices first, one per line."""
     files: dict[bytes, list[Record]] = {}
-    for record in records:
-        files.setdefault(record.path, []).append(record)
-    out = list(notices)
+    for record in records:  # Records, or plain tuples of their fields (read_all)
+        group = files.get(record[0])
+        if group is None:
+            files[record[0]] = [record]
+        else:
+            group.append(record)
+    out = [notice.encode() for notice in notices]
     for i, path in enumerate(sorted(files, key=_path_key)):
-        shown = display_path(path)
+        prefix = _display_bytes(path) + b":"
         if i and context:
-            out.append("--")
-        previous: int | None = None
-        for record in files[path]:
-            if context and previous is not None and record.line > previous + 1:
-                out.append("--")
-            previous = record.line
-            out.append(f"{shown}:{record.line}{':' if record.match else '-'}{_decode(record.text)}")
-    return "".join(line + "\n" for line in out)
+            out.append(b"--")
+        previous = -1
+        for _, line, match, text in files[path]:
+            if context and previous >= 0 and line > previous + 1:
+                out.append(b"--")
+            previous = line
+            out.append(b"%s%d%s%s" % (prefix, line, b":" if match else b"-", text))
+    out.append(b"")
+    return _decode(b"\n".join(out)) if len(out) > 1 else ""
 
 
 def split_paths(data: bytes, truncated: bool) -> list[bytes]:
@@ -210,4 +261,4 @@ def render_paths(paths: list[bytes], *, by_directory: bool = True) -> str:
     """Paths sorted (directory by directory, or bytewise), one per line, as names.display prints
     them."""
     ordered = sorted(paths, key=_path_key) if by_directory else sorted(paths)
-    return "".join(display_path(p) + "\n" for p in ordered)
+    return _decode(b"".join(_display_bytes(p) + b"\n" for p in ordered))

@@ -407,11 +407,9 @@ async def grep(ctx: Context, p: Prepared) -> ToolOutput:
     def post(data: bytes, cut: bool) -> str:
         if a.files_with_matches:
             return grep_output.render_paths(grep_output.split_paths(data, cut))
-        parser = grep_output.Parser(ctx.root_real, single=None if target.is_dir else _operand(target.rel))
-        records = parser.feed(data)
-        records += parser.finish(truncated=cut)
-        dropped[0] = parser.dropped
-        return grep_output.render(records, parser.notices, context=bool(a.context))
+        single = None if target.is_dir else _operand(target.rel)
+        records, notices, dropped[0] = grep_output.read_all(data, ctx.root_real, single=single, truncated=cut)
+        return grep_output.render(records, notices, context=bool(a.context))
 
     try:
         res, out = await _run_binary(ctx, argv, post, b"\0" if a.files_with_matches else b"\n")
