@@ -20,7 +20,7 @@ CATALOGUE = ROOT / "monitoring" / "catalogue.yaml"
 OUT = ROOT / "docs" / "metrics.md"
 
 SERVICES = ("gateway", "agent", "sandbox", "cache")
-PORTS = {"gateway": "/metrics on the HTTP port :8000", "agent": "/metrics on :9101",
+PORTS = {"gateway": "/metrics on :9104", "agent": "/metrics on :9101",
          "sandbox": "/metrics on :9102", "cache": "/metrics on :9103"}
 
 
@@ -86,6 +86,9 @@ def render(catalogue: dict[str, Any]) -> str:
         "  (" + ", ".join(f"`{t}`" for t in catalogue["target_labels"]) + "), so nothing is renamed to",
         "  `exported_*` at scrape time: the cache namespace is `cache_namespace`, build info's service",
         "  name is `component`.",
+        "- Each service serves `/metrics` on a port of its own (`FSAGENT_<SERVICE>_METRICS_PORT`: gateway",
+        "  9104, agent 9101, sandbox 9102, cache 9103), never on a public one: the gateway's HTTP port",
+        "  :8000 answers `/metrics` with 404, so an Ingress routing `/` publishes no internal series.",
         "- The scrape jobs are `fsagent-gateway`, `fsagent-agent`, `fsagent-sandbox`, `fsagent-cache`",
         "  (the chart's ServiceMonitors set them).",
         "",

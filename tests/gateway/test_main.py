@@ -1,4 +1,5 @@
-"""`fsagent-gateway` as a real process: binds, logs JSON lines, stops cleanly on SIGTERM."""
+"""`fsagent-gateway` as a real process: binds, serves /metrics on its own port only, logs JSON lines,
+stops cleanly on SIGTERM, and refuses a busy metrics port with one line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import httpx
 
@@ -18,12 +20,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_process_serves_and_drains_on_sigterm(upstreams, tmp_path):
-    port = _free_port()
-    env = {
+def _env(upstreams, port: int, metrics_port: int) -> dict[str, str]:
+    return {
         **os.environ,
         "FSAGENT_BIND_HOST": "127.0.0.1",
         "FSAGENT_GATEWAY_PORT": str(port),
+        "FSAGENT_GATEWAY_METRICS_PORT": str(metrics_port),
         "FSAGENT_AGENT_ADDR": upstreams.agent_addr,
         "FSAGENT_SANDBOX_ADDR": upstreams.sandbox_addr,
         "FSAGENT_API_KEYS": "",
@@ -33,6 +35,23 @@ async def test_process_serves_and_drains_on_sigterm(upstreams, tmp_path):
         # awaiting it; that warning is the shared package's (reported), not the gateway's.
         "PYTHONWARNINGS": "ignore:coroutine 'Call.code' was never awaited:RuntimeWarning",
     }
+
+
+async def _scrape_until(client: httpx.AsyncClient, url: str, *wanted: str, **kwargs) -> httpx.Response:
+    # A request is recorded after its last byte is sent: the scrape may come a moment before.
+    deadline = time.monotonic() + 10
+    while True:
+        r = await client.get(url, **kwargs)
+        if all(w in r.text for w in wanted) or time.monotonic() > deadline:
+            return r
+        await asyncio.sleep(0.05)
+
+
+async def test_process_serves_and_drains_on_sigterm(upstreams, tmp_path):
+    port, metrics_port = _free_port(), _free_port()
+    while metrics_port == port:
+        metrics_port = _free_port()
+    env = _env(upstreams, port, metrics_port)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fsagent.gateway", env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -49,6 +68,20 @@ async def test_process_serves_and_drains_on_sigterm(upstreams, tmp_path):
             r = await client.get("/api/documents/dir/b.md")
             assert r.status_code == 200
             trace_id = r.headers["x-trace-id"]
+            # /metrics is on the metrics port only; the public port answers 404 in the error shape.
+            r = await client.get("/metrics")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            wanted = ('fsagent_http_requests_total{method="GET",route="/api/documents/{path:path}",status="200"}',
+                      'fsagent_http_requests_total{method="GET",route="unmatched",status="404"}',
+                      'fsagent_build_info{component="gateway",')
+            text = (await _scrape_until(client, metrics_url, *wanted)).text
+            for series in wanted:
+                assert series in text, series
+            r = await _scrape_until(client, metrics_url, f'trace_id="{trace_id}"',
+                                    headers={"accept": "application/openmetrics-text; version=1.0.0"})
+            assert r.headers["content-type"].startswith("application/openmetrics-text")
+            assert f'trace_id="{trace_id}"' in r.text  # the exemplar of the request above
             # SIGTERM while an answer is being streamed: the stream is allowed to finish.
             events = []
             async with client.stream("POST", "/api/chat/stream", json={"message": "linger"}) as stream:
@@ -72,3 +105,26 @@ async def test_process_serves_and_drains_on_sigterm(upstreams, tmp_path):
     assert access["trace_id"] == trace_id and access["status"] == 200
     assert not [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")
                 and "chttp2" not in line and "GOAWAY" not in line.upper()], stderr
+
+
+async def test_busy_metrics_port_exits_with_one_line_naming_the_variable(upstreams, tmp_path):
+    port = _free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fsagent.gateway", env=_env(upstreams, port, busy), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            code = await asyncio.wait_for(proc.wait(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    stderr = (await proc.stderr.read()).decode()
+    assert code == 1, stderr
+    [line] = [line for line in stderr.splitlines() if not line.startswith("{")]
+    assert "FSAGENT_GATEWAY_METRICS_PORT" in line and f"127.0.0.1:{busy}" in line, stderr
+    assert "Traceback" not in stderr

@@ -1,13 +1,23 @@
-"""Probes, metrics, access logs, API keys and the OpenAPI docs."""
+"""Probes, metrics, access logs, API keys and the OpenAPI docs.
+
+The gateway's /metrics is on its own port (FSAGENT_GATEWAY_METRICS_PORT), never on the public one:
+`metrics` below is that server, started the way `fsagent-gateway` starts it (on a free port), serving
+the registry the in-process gateway records into.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
+from typing import AsyncIterator, Iterator
 
+import httpx
 import pytest
 
 from fsagent.common import grpcutil
+from fsagent.gateway import main as gateway_main
 
 
 async def test_health(client):
@@ -45,19 +55,77 @@ def _samples(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name + "{")]
 
 
-async def test_metrics_use_route_templates_never_raw_paths(client):
+@pytest.fixture(scope="session")
+def metrics_url(upstreams) -> Iterator[str]:
+    """The gateway's metrics server on a free port (as `fsagent-gateway` starts it on 9104)."""
+    server = gateway_main.start_metrics_server(upstreams.settings(gateway_metrics_port=0, bind_host="127.0.0.1"))
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+async def scrape(metrics_url) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=metrics_url, timeout=10) as c:
+        yield c
+
+
+async def scrape_until(scrape: httpx.AsyncClient, *wanted: str, headers: dict[str, str] | None = None,
+                       timeout: float = 10.0) -> httpx.Response:
+    """Scrape until every `wanted` text is there: the gateway records a request after its last byte
+    is sent, so a scrape (another thread) can arrive a moment before the series moves."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await scrape.get("", headers=headers or {})
+        if all(w in r.text for w in wanted) or time.monotonic() > deadline:
+            return r
+        await asyncio.sleep(0.05)
+
+
+async def test_metrics_are_not_served_on_the_public_port(client, gateway, scrape, error_shape):
+    for headers in ({}, {"accept": "application/openmetrics-text; version=1.0.0"}):
+        r = await client.get("/metrics", headers=headers)
+        error_shape(r, 404, "not_found")
+        assert "fsagent_" not in r.text and "# TYPE" not in r.text
+    error_shape(await client.get("/metrics/"), 404, "not_found")
+    async with gateway(api_keys="k") as c:  # 404, not 401: there is nothing behind it to protect
+        error_shape(await c.get("/metrics"), 404, "not_found")
+    # ...and the series are on the metrics port, the public port's 404 counted as unmatched.
+    unmatched = 'fsagent_http_requests_total{method="GET",route="unmatched",status="404"}'
+    text = (await scrape_until(scrape, unmatched)).text
+    assert unmatched in text
+    assert 'route="/metrics"' not in text
+    assert 'fsagent_build_info{component="gateway",' in text
+
+
+def test_busy_metrics_port_is_one_clear_line(upstreams, metrics_url):
+    busy = int(metrics_url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(SystemExit) as exc:
+        gateway_main.start_metrics_server(upstreams.settings(gateway_metrics_port=busy, bind_host="127.0.0.1"))
+    message = str(exc.value.code)
+    assert "FSAGENT_GATEWAY_METRICS_PORT" in message and f"127.0.0.1:{busy}" in message, message
+    assert "\n" not in message
+    with pytest.raises(SystemExit) as exc:
+        gateway_main.start_metrics_server(upstreams.settings(gateway_port=8123, gateway_metrics_port=8123))
+    assert "FSAGENT_GATEWAY_METRICS_PORT" in str(exc.value.code)
+
+
+async def test_metrics_use_route_templates_never_raw_paths(client, scrape):
     await client.get("/api/documents/dir/b.md")
     await client.get("/api/documents/nope.md")
     await client.get("/not/a/route/at/all")
     await client.get("/api/stream/file/a.md")
-    r = await client.get("/metrics")
+    wanted = ('fsagent_http_requests_total{method="GET",route="/api/documents/{path:path}",status="200"}',
+              'fsagent_http_requests_total{method="GET",route="/api/documents/{path:path}",status="404"}',
+              'fsagent_http_requests_total{method="GET",route="unmatched",status="404"}',
+              'fsagent_http_requests_total{method="GET",route="/api/stream/file/{path:path}",status="200"}')
+    r = await scrape_until(scrape, *wanted)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    requests = _samples(text, "fsagent_http_requests_total")
-    assert 'fsagent_http_requests_total{method="GET",route="/api/documents/{path:path}",status="200"}' in text
-    assert 'fsagent_http_requests_total{method="GET",route="/api/documents/{path:path}",status="404"}' in text
-    assert 'fsagent_http_requests_total{method="GET",route="unmatched",status="404"}' in text
-    assert any('route="/api/stream/file/{path:path}"' in line for line in requests)
+    for series in wanted:
+        assert series in text, series
     for family in ("fsagent_http_requests_total", "fsagent_http_request_duration_seconds_bucket",
                    "fsagent_http_request_size_bytes_bucket", "fsagent_http_response_size_bytes_bucket",
                    "fsagent_http_requests_in_progress"):
@@ -67,15 +135,16 @@ async def test_metrics_use_route_templates_never_raw_paths(client):
             route = re.search(r'route="([^"]*)"', line).group(1)
             assert route == "unmatched" or route.startswith("/"), line
             assert "b.md" not in line and "nope.md" not in line and "/not/a/route" not in line, line
-    assert 'fsagent_http_requests_in_progress{method="GET",route="/metrics"} 1.0' in text
+    assert 'fsagent_http_requests_in_progress{method="GET",route="/api/documents/{path:path}"} 0.0' in text
     assert 'fsagent_build_info{component="gateway",' in text
     assert "fsagent_grpc_client_handled_total" in text  # the shared gRPC client metrics
 
 
-async def test_metrics_openmetrics_has_trace_exemplars(client):
+async def test_metrics_openmetrics_has_trace_exemplars(client, scrape):
     r = await client.get("/api/documents/dir/b.md")
     trace_id = r.headers["x-trace-id"]
-    r = await client.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
+    r = await scrape_until(scrape, f'trace_id="{trace_id}"',
+                           headers={"accept": "application/openmetrics-text; version=1.0.0"})
     assert r.headers["content-type"].startswith("application/openmetrics-text")
     assert r.text.rstrip().endswith("# EOF")
     exemplars = [
@@ -142,7 +211,7 @@ async def test_api_keys(gateway, upstreams, error_shape, use_bearer):
         user_id = upstreams.agent.requests[-1].user_id
         assert user_id.startswith("key-") and "key" not in user_id[4:]
 
-        for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+        for path in ("/health", "/ready", "/docs", "/openapi.json"):
             assert (await c.get(path)).status_code == 200, path
 
 

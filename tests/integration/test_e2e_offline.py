@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import httpx
 
@@ -139,6 +140,20 @@ def test_health_ready_docs_metrics(client: httpx.Client, offline_stack: LocalSta
     assert client.get("/health").status_code == 200
     assert client.get("/ready").status_code == 200
     assert client.get("/docs").status_code == 200
-    assert "fsagent_http_requests_total" in client.get("/metrics").text
-    for service, url in offline_stack.ports.metrics_urls().items():
-        assert "fsagent_build_info" in httpx.get(url, timeout=5).text, service
+    # Metrics never on the public port: 404 in the one error shape there, the series on the metrics port.
+    public = client.get("/metrics")
+    assert public.status_code == 404 and public.json()["error"]["code"] == "not_found", public.text
+    assert "fsagent_" not in public.text
+    urls = offline_stack.ports.metrics_urls()
+    assert urls["gateway"] != f"{offline_stack.base_url}/metrics"
+    wanted = ('fsagent_http_requests_total{method="GET",route="/ready",status="200"}',
+              'fsagent_http_requests_total{method="GET",route="unmatched",status="404"}')
+    deadline = time.monotonic() + 10  # a request is recorded after its last byte: poll a moment
+    gateway = httpx.get(urls["gateway"], timeout=5).text
+    while not all(w in gateway for w in wanted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gateway = httpx.get(urls["gateway"], timeout=5).text
+    for series in wanted:
+        assert series in gateway, series
+    for service, url in urls.items():
+        assert f'fsagent_build_info{{component="{service}",' in httpx.get(url, timeout=5).text, service

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Callable
 
@@ -33,13 +33,14 @@ class Ports:
     agent_metrics: int = 9101
     sandbox_metrics: int = 9102
     cache_metrics: int = 9103
+    gateway_metrics: int = 9104  # never the gateway's public port
 
     @classmethod
     def free(cls, host: str = "127.0.0.1") -> "Ports":
-        """Seven distinct free ports (for tests running beside anything else)."""
+        """Distinct free ports, one per field (for tests running beside anything else)."""
         sockets, numbers = [], []
         try:
-            for _ in range(7):
+            for _ in fields(cls):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.bind((host, 0))
                 sockets.append(sock)
@@ -51,7 +52,7 @@ class Ports:
 
     def metrics_urls(self, host: str = "127.0.0.1") -> dict[str, str]:
         return {
-            "gateway": f"http://{host}:{self.gateway}/metrics",
+            "gateway": f"http://{host}:{self.gateway_metrics}/metrics",
             "agent": f"http://{host}:{self.agent_metrics}/metrics",
             "sandbox": f"http://{host}:{self.sandbox_metrics}/metrics",
             "cache": f"http://{host}:{self.cache_metrics}/metrics",
@@ -83,6 +84,7 @@ class LocalStack:
             FSAGENT_AGENT_ADDR=f"{self.host}:{self.ports.agent}",
             FSAGENT_SANDBOX_ADDR=f"{self.host}:{self.ports.sandbox}",
             FSAGENT_CACHE_ADDR=f"{self.host}:{self.ports.cache}",
+            FSAGENT_GATEWAY_METRICS_PORT=str(self.ports.gateway_metrics),
             FSAGENT_AGENT_METRICS_PORT=str(self.ports.agent_metrics),
             FSAGENT_SANDBOX_METRICS_PORT=str(self.ports.sandbox_metrics),
             FSAGENT_CACHE_METRICS_PORT=str(self.ports.cache_metrics),

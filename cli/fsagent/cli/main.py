@@ -28,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         agent_metrics=settings.agent_metrics_port,
         sandbox_metrics=settings.sandbox_metrics_port,
         cache_metrics=settings.cache_metrics_port,
+        gateway_metrics=settings.gateway_metrics_port,
     )
     stack = LocalStack(
         data_root=data_root,
@@ -48,9 +49,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"fsagent: start-up failed: {exc}", file=sys.stderr)
         return 1
     url = stack.base_url
+    # Each service's own metrics port; the gateway's public port serves no /metrics.
+    metrics = (f"gateway {ports.metrics_urls(args.host)['gateway']}, agent :{ports.agent_metrics}, "
+               f"sandbox :{ports.sandbox_metrics}, cache :{ports.cache_metrics}")
     print(
         f"""
-fsagent is ready: {url}   (API docs: {url}/docs, metrics: {url}/metrics)
+fsagent is ready: {url}   (API docs: {url}/docs)
+Prometheus /metrics: {metrics}
 
   curl -s {url}/api/chat -H 'content-type: application/json' \\
        -d '{{"message":"What are the password rules?"}}'

@@ -7,6 +7,7 @@ catalogue, with types and labels, is docs/metrics.md.
 from __future__ import annotations
 
 import platform
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
@@ -74,9 +75,14 @@ def set_build_info(component: str) -> None:
     BUILD_INFO.labels(component, VERSION, platform.python_version()).set(1)
 
 
-def start_metrics_server(port: int, host: str) -> None:
-    """Serve /metrics (Prometheus text, or OpenMetrics with exemplars when asked) on a thread."""
-    start_http_server(port, addr=host)
+def start_metrics_server(port: int, host: str) -> WSGIServer:
+    """Serve /metrics (Prometheus text, or OpenMetrics with exemplars when asked) on a thread.
+
+    Returns the server (its `server_port` is the bound port when `port` is 0; `shutdown()` stops it).
+    Raises OSError when the port cannot be bound.
+    """
+    server, _thread = start_http_server(port, addr=host)
+    return server
 
 
 def split_method(full_method: str) -> tuple[str, str]:

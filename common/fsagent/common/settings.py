@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     agent_addr: str = Field("127.0.0.1:50051", validation_alias=_env("FSAGENT_AGENT_ADDR"))
     sandbox_addr: str = Field("127.0.0.1:50052", validation_alias=_env("FSAGENT_SANDBOX_ADDR"))
     cache_addr: str = Field("127.0.0.1:50053", validation_alias=_env("FSAGENT_CACHE_ADDR"))
+    # The gateway's Prometheus /metrics, never on its public HTTP port (an Ingress routes that one).
+    gateway_metrics_port: int = Field(9104, validation_alias=_env("FSAGENT_GATEWAY_METRICS_PORT"))
     agent_metrics_port: int = Field(9101, validation_alias=_env("FSAGENT_AGENT_METRICS_PORT"))
     sandbox_metrics_port: int = Field(9102, validation_alias=_env("FSAGENT_SANDBOX_METRICS_PORT"))
     cache_metrics_port: int = Field(9103, validation_alias=_env("FSAGENT_CACHE_METRICS_PORT"))

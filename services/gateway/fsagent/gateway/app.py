@@ -34,7 +34,7 @@ are configured, `/api/*` needs `Authorization: Bearer <key>` or `X-API-Key: <key
 
 # JSON bodies carry document content, which escaping can make up to ~3x larger than the file.
 JSON_EXPANSION = 4
-QUIET_ROUTES = ("/health", "/ready", "/metrics")
+QUIET_ROUTES = ("/health", "/ready")
 
 
 def max_body_bytes(settings: Settings) -> int:
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "chat", "description": "Questions answered by the agent."},
             {"name": "documents", "description": "The documents under the data root."},
             {"name": "stream", "description": "Server-Sent Events over files and searches."},
-            {"name": "operations", "description": "Probes and metrics (never behind auth)."},
+            {"name": "operations", "description": "Liveness and readiness probes (never behind auth)."},
         ],
     )
     app.state.settings = settings

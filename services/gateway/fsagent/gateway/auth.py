@@ -1,7 +1,7 @@
 """API keys: when `FSAGENT_API_KEYS` is set, every /api route needs one of them.
 
 Accepted as `Authorization: Bearer <key>` or `X-API-Key: <key>` and compared in constant time.
-Health, readiness, metrics and the docs stay open.
+Health, readiness and the docs stay open (metrics are on their own port, not this app).
 """
 
 from __future__ import annotations

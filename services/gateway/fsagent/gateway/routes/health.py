@@ -1,11 +1,13 @@
-"""Operations: liveness and readiness probes, and Prometheus metrics."""
+"""Operations: liveness and readiness probes.
+
+Prometheus metrics are not here: the gateway serves them on its own port (FSAGENT_GATEWAY_METRICS_PORT,
+started by fsagent.gateway.main), never on this public one.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import REGISTRY
-from prometheus_client.exposition import choose_encoder
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from fsagent.gateway.clients import ClientsDep
 from fsagent.gateway.metrics import InstrumentedRoute
@@ -37,9 +39,3 @@ async def ready(clients: ClientsDep) -> JSONResponse:
         status_code=200 if ok else 503,
     )
 
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    """Prometheus text, or OpenMetrics (with trace-id exemplars) when the scraper asks for it."""
-    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(REGISTRY), media_type=content_type)
