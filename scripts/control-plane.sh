@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on 127.0.0.1, built from upstream Go modules: etcd, kube-apiserver
 # and prometheus-operator (no kubelet, no controller-manager, no scheduler: objects are accepted,
-# validated, stored and watched exactly as in a cluster, but nothing runs pods).
+# validated, stored and watched exactly as in a cluster, but nothing runs pods). `build` also builds
+# the Prometheus the operator is made for (the tests run it with the operator's configuration).
 #
 #   scripts/control-plane.sh build    build the three programs into .tools/control-plane/bin (cached)
 #   scripts/control-plane.sh up       start them, install the prometheus-operator CRDs, write a kubeconfig
 #   scripts/control-plane.sh down     stop everything `up` started
 #   scripts/control-plane.sh status   say what is running
 #
-# Versions are pinned by the build modules in scripts/control-plane/{kube,etcd,operator}/go.mod.
+# Versions are pinned by the build modules in scripts/control-plane/{kube,etcd,operator,prometheus}/go.mod.
 # Settings (environment):
 #   CP_DIR             state folder: certificates, etcd data, logs, pids   (.tools/control-plane/run)
 #   CP_KUBECONFIG      kubeconfig written by `up`                           (.tools/kubeconfig)
@@ -34,6 +35,8 @@ module_version() { grep -oE "(^|[[:space:]])$2 v[0-9]+\.[0-9]+\.[0-9]+" "$SRC/$1
 KUBE_VERSION="$(module_version kube k8s.io/kubernetes)"
 OPERATOR_VERSION="$(module_version operator github.com/prometheus-operator/prometheus-operator)"
 ETCD_VERSION="$(module_version etcd go.etcd.io/etcd/server/v3)"
+# Prometheus 3.x is published as module versions v0.3XX.Y.
+PROMETHEUS_VERSION="$(module_version prometheus github.com/prometheus/prometheus | sed -E 's/^0\.([0-9])([0-9]+)\./\1.\2./')"
 SERVICE_CIDR="10.96.0.0/16"
 
 log() { printf 'control-plane: %s\n' "$*" >&2; }
@@ -75,6 +78,9 @@ cmd_build() {
   build_one kube k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$kube_ld"
   if [ "$CP_OPERATOR" = 1 ]; then
     build_one operator github.com/prometheus-operator/prometheus-operator/cmd/operator prometheus-operator "$op_ld"
+    # Not started by `up`: the tests run it against the operator's generated configuration.
+    build_one prometheus github.com/prometheus/prometheus/cmd/prometheus prometheus \
+      "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION"
   fi
 }
 

@@ -34,6 +34,8 @@ class PrometheusServer:
     rule_files: list[Path] = field(default_factory=list)
     target_labels: dict[str, str] = field(default_factory=dict)  # added to every target (e.g. namespace)
     extra_args: list[str] = field(default_factory=list)  # e.g. --enable-feature=exemplar-storage
+    config: dict[str, Any] | None = None  # a whole configuration instead of targets (e.g. the operator's)
+    binary: str | None = None  # another build than the one on PATH
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -42,12 +44,12 @@ class PrometheusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "PrometheusServer":
-        binary = prometheus_binary()
+        binary = self.binary or prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed (apt-get install prometheus)")
         self.port = self.port or _free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = {
+        config = self.config or {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [
