@@ -11,7 +11,8 @@ import tomllib
 import pytest
 
 COMPONENTS = ("gateway", "agent", "sandbox", "cache")
-PORTS = {"gateway": {"8000", "9104"}, "agent": {"50051", "9101"}, "sandbox": {"50052", "9102"}, "cache": {"50053", "9103"}}
+PORTS = {"gateway": {"8000", "9104"}, "agent": {"50051", "9101"}, "sandbox": {"50052", "9102"},
+         "cache": {"50053", "9103"}}
 # Packages of each final stage (beyond the base image). Anything else there needs a reason.
 RUNTIME_PACKAGES = {
     "gateway": {"python3.11"},

@@ -58,9 +58,8 @@ def podman_env() -> dict[str, str]:
     return env
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
-                          env=podman_env(), input=input)
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, env=podman_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -222,7 +221,8 @@ def run_args(rendered: Rendered, w: Workload, *, name: str, pod: str, data_dir: 
             ro = ro or bool(vol["persistentVolumeClaim"].get("readOnly"))
             args += ["--mount", f"type=bind,source={data_dir},destination={path}" + (",ro=true" if ro else "")]
         elif m["name"] in w.claims or (vol is not None and "persistentVolumeClaim" in vol):
-            args += ["--mount", f"type=volume,source={volumes[m['name']]},destination={path}" + (",ro=true" if ro else "")]
+            source = volumes[m["name"]]
+            args += ["--mount", f"type=volume,source={source},destination={path}" + (",ro=true" if ro else "")]
         else:
             raise AssertionError(f"volume {m['name']} ({vol}) not emulated")
 

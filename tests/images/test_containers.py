@@ -59,7 +59,7 @@ def why_no_podman() -> str | None:
     return None
 
 
-def build(*args: str, timeout: float) -> None:
+def build(*args: str, timeout: float) -> float:
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(cp.REPO / "scripts" / "build_images.sh"), *args],
                           capture_output=True, text=True, timeout=timeout)
@@ -146,7 +146,7 @@ def stack(images) -> Stack:
             spec = w.container["startupProbe"]
             t0 = time.monotonic()
             cp.podman("start", st.names[c])
-            ready = cp.wait(lambda: cp.probe(spec, st.host_ports, w.ports), startup_budget(spec))
+            ready = cp.wait(lambda spec=spec, w=w: cp.probe(spec, st.host_ports, w.ports), startup_budget(spec))
             assert ready is not None, f"{c}: startup probe failed for {startup_budget(spec)} s\n{st.logs(c)[-3000:]}"
             st.cold_start[c] = round(time.monotonic() - t0, 2)
         time.sleep(3)
@@ -361,14 +361,16 @@ def test_image_inventory(images) -> None:
             "dpkg-query -W -f '${Package}=${Version}\\n'; echo ---; "
             "/opt/venv/bin/python -c 'import importlib.metadata as m; "
             "print(\"\\n\".join(sorted(d.metadata[\"Name\"] + \"==\" + d.version for d in m.distributions())))'; "
-            "echo ---; for t in gcc cc g++ make pip pip3 uv; do command -v $t; done; true"
+            "echo ---; for t in gcc cc g++ make pip pip3 uv; do command -v $t; done; true; "
+            "echo ---; du -sk /opt/venv /usr/lib/python3.11 | cut -f1"
         )
         out = cp.podman("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", image, "-c", script).stdout
-        debs, dists, tools = (part.split() for part in out.split("---"))
+        debs, dists, tools, sizes = (part.split() for part in out.split("---"))
         added = sorted(d for d in debs if d.split("=")[0] not in base_pkgs)
         assert not tools, f"{c}: {tools} in the final image"
         assert not any(d.split("==")[0].lower() in ("pip", "uv", "setuptools") for d in dists), dists
-        inventory[c] = {"size_bytes": size, "debian_added": added, "python": dists}
+        inventory[c] = {"size_bytes": size, "venv_kib": int(sizes[0]), "stdlib_kib": int(sizes[1]),
+                        "debian_added": added, "python": dists}
     assert any(d.startswith("python3.11=") for d in inventory["gateway"]["debian_added"])
     assert {d.split("=")[0] for d in inventory["sandbox"]["debian_added"]} >= {"ripgrep", "bubblewrap"}
     record(inventory=inventory, base_packages=len(base_pkgs),
