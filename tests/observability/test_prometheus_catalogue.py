@@ -470,6 +470,10 @@ def test_every_recording_and_alert_expression_returns_data(run: Run) -> None:
             name = rule.get("record") or rule["alert"]
             if "record" in rule:
                 exprs = [rule["expr"], rule["record"]]  # its expression, and the series Prometheus recorded
+            elif "absent(" in rule["expr"]:
+                # absent() is empty while all is well: what must have data is each series it watches.
+                exprs = re.findall(r"absent\(([^()]*)\)", rule["expr"])
+                assert exprs, f"{name}: no absent(<selector>) found"
             else:
                 expr = without_threshold(rule["expr"])
                 assert expr != rule["expr"], f"{name}: no threshold comparison found to neutralise"
