@@ -157,7 +157,7 @@ def test_sandbox_image_carries_exactly_its_tools(lib):
 
 def test_dockerignore(lib):
     patterns = {l.strip() for l in (lib.REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")}
-    assert {".git", ".venv", "**/.venv", ".env", ".env.*", ".tools", "**/__pycache__"} <= patterns
+    assert {".git", ".venv", "**/.venv", ".env", ".env.*", ".tools", "**/__pycache__", ".github", "tests"} <= patterns
     for needed in ("proto", "common", "services", "data", "uv.lock", "pyproject.toml"):
         assert needed not in patterns
     # `*.md` matches only at the root of the context (Docker and buildah alike): data/**/*.md, the

@@ -289,8 +289,33 @@ def memory(container: str) -> dict[str, int]:
     return {"working_set": usage - stat.get("total_inactive_file", 0), "rss": stat.get("total_rss", 0)}
 
 
+PREFIX = "fsagent-it-"
+
+
 def new_id() -> str:
-    return "fsagent-it-" + secrets.token_hex(4)
+    return PREFIX + secrets.token_hex(4)
+
+
+def remove_stale(max_age_s: float = 3 * 3600) -> None:
+    """Remove what an earlier run killed mid-way left (pods, containers, volumes named fsagent-it-*
+    and older than max_age_s); younger ones may belong to a run in progress in the same checkout."""
+    from datetime import datetime, timezone
+
+    def age(kind: list[str], name: str, field: str) -> float:
+        created = podman(*kind, "inspect", "--format", "{{." + field + "}}", name, check=False).stdout.strip()
+        # "2026-12-03 19:15:31.994157627 +0000 UTC" -> ISO 8601 with microseconds
+        iso = re.sub(r"(\.\d{6})\d*", r"\1", created.split(" m=")[0].replace(" +0000 UTC", "+00:00"))
+        return (datetime.now(timezone.utc) - datetime.fromisoformat(iso.replace(" ", "T", 1))).total_seconds()
+
+    for kind, ls, field in ((["pod"], ["pod", "ls"], "Created"), ([], ["ps", "-a"], "Created"),
+                            (["volume"], ["volume", "ls"], "CreatedAt")):
+        for name in podman(*ls, "--format", "{{.Names}}" if ls == ["ps", "-a"] else "{{.Name}}",
+                           check=False).stdout.split():
+            try:
+                if name.startswith(PREFIX) and age(kind, name, field) > max_age_s:
+                    podman(*kind, "rm", "--force", name, check=False)
+            except ValueError:
+                continue
 
 
 def wait(pred, timeout: float, interval: float = 0.1) -> float | None:

@@ -124,6 +124,7 @@ def startup_budget(spec: dict[str, Any]) -> float:
 
 @pytest.fixture(scope="module")
 def stack(images) -> Stack:
+    cp.remove_stale()
     rendered = cp.Rendered(cp.render(["config.readOnly=true"]))
     st = Stack(rendered, cp.new_id())
     data = cp.REPO / "data"
