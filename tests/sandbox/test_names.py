@@ -180,6 +180,19 @@ async def test_refusals_name_the_path_escaped(run: Callable[..., Awaitable[Any]]
         assert raw_controls(resp.error) == [] and raw_controls(resp.command) == [], resp.error
 
 
+async def test_a_file_with_an_undecodable_name_is_cached_like_any(make_sandbox: Callable[..., Awaitable[Sandbox]]) -> None:
+    sb = await make_sandbox(with_cache=True)
+    add_hostile_names(sb.root)
+    first = await sb.execute("cat", path=names.display(BAD_NAME))
+    second = await sb.execute("cat", path=names.display(BAD_NAME))
+    assert clean(first) == clean(second) == "password: undecodable bytes\n"
+    assert not first.cached and second.cached
+    # It reached the cache service too: a scope is a protobuf string, which holds no lone surrogate.
+    assert sb.cache is not None and [scopes for _, _, scopes in sb.cache.entries.values()] == [["bad\ufffd\ufffdname.md"]]
+    await sb.stub.WriteDocument(pb.WriteDocumentRequest(path="x.md", content="x", mode=pb.WRITE_MODE_CREATE), timeout=10)
+    assert (await sb.execute("cat", path=names.display(BAD_NAME))).cached  # an unrelated write
+
+
 # --- documents API -------------------------------------------------------------------------------
 
 

@@ -123,7 +123,10 @@ class Prepared:
 
     @property
     def scopes(self) -> list[str]:
-        return sorted({t.rel for t in self.fp_targets})
+        # Sent to the cache as protobuf strings, which hold no lone surrogate: an undecodable
+        # byte of a name becomes U+FFFD. Prefixes stay prefixes, so invalidation still reaches
+        # the entry (two such names sharing a scope only invalidate each other, never too little).
+        return sorted({t.rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for t in self.fp_targets})
 
 
 # --------------------------------------------------------------------------------------------
