@@ -214,7 +214,7 @@ cmd_up() {
     wait_for prometheus-operator curl -fsS "http://127.0.0.1:$CP_OPERATOR_PORT/healthz"
     log "prometheus-operator v$OPERATOR_VERSION ready, CRDs installed"
   fi
-  log "up in $((SECONDS - started)) s; try: KUBECONFIG=$CP_KUBECONFIG kubectl get --raw /version"
+  log "up in $((SECONDS - started)) s; try: $ROOT/.tools/bin/kubectl --kubeconfig $CP_KUBECONFIG get --raw /version"
 }
 
 # ---- down / status ------------------------------------------------------------------------------
