@@ -34,7 +34,8 @@ KUBE_VERSION=1.34.0
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-"$HELM" template fsagent "$ROOT/helm/fsagent" --namespace fsagent --kube-version "$KUBE_VERSION" \
+# --skip-tests: the `helm test` pod is Helm's to run, not a manifest to apply.
+"$HELM" template fsagent "$ROOT/helm/fsagent" --namespace fsagent --kube-version "$KUBE_VERSION" --skip-tests \
   >"$TMP/base.yaml"
 "$HELM" template fsagent "$ROOT/helm/fsagent" --namespace fsagent --kube-version "$KUBE_VERSION" \
   -f "$ROOT/helm/fsagent/ci/monitoring-values.yaml" \

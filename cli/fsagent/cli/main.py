@@ -1,4 +1,4 @@
-"""The `fsagent` command: run the local stack, and operate the cache."""
+"""The `fsagent` command: run the local stack, operate the cache, and check a release in a cluster (doctor)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from fsagent.cli import cache_commands
+from fsagent.cli import cache_commands, doctor
 from fsagent.common.settings import get_settings
 
 
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
     run.set_defaults(func=_run)
     cache_commands.add_parsers(sub)
+    doctor.add_parser(sub)
     return parser
 
 

@@ -280,3 +280,26 @@ checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .r
     {{- toYaml .ports | nindent 4 }}
 {{- end }}
 {{- end }}
+
+{{/* The helm-test / doctor ServiceAccount (templates/doctor-rbac.yaml). */}}
+{{- define "fsagent.doctorName" -}}
+{{- include "fsagent.componentName" (dict "root" . "component" "doctor") -}}
+{{- end }}
+
+{{/*
+"<service>:<port>" when langfuse.baseUrl names a Service of the release namespace (name, name.<ns>,
+name.<ns>.svc[.cluster.local]): the doctor asks its health endpoint through the service proxy with
+exactly this name, which the Role grants.
+*/}}
+{{- define "fsagent.langfuseProxyName" -}}
+{{- with .Values.langfuse.baseUrl }}
+{{- $u := urlParse . }}
+{{- $hostport := splitList ":" $u.host }}
+{{- $host := first $hostport }}
+{{- $port := ternary (last $hostport) (ternary "443" "80" (eq $u.scheme "https")) (gt (len $hostport) 1) }}
+{{- $labels := splitList "." $host }}
+{{- if or (eq (len $labels) 1) (and (ge (len $labels) 2) (eq (index $labels 1) $.Release.Namespace) (or (eq (len $labels) 2) (eq (index $labels 2) "svc"))) }}
+{{- printf "%s:%s" (first $labels) $port }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""One module per concern; each `run(ctx)` returns its checks."""
