@@ -37,30 +37,34 @@ def kube_prometheus_stack_prometheus(namespace: str, release: str = "kube-promet
     }
 
 
-def generated_config(cp: ControlPlane, prometheus: dict[str, Any], *, want_jobs: int = 0, timeout: float = 60) -> dict[str, Any]:
-    """The scrape configuration the operator wrote for `prometheus` (Secret prometheus-<name>,
-    key prometheus.yaml.gz), once it lists at least `want_jobs` ServiceMonitor jobs."""
+def generated_config(cp: ControlPlane, prometheus: dict[str, Any], *, namespace: str, jobs: int,
+                     timeout: float = 60) -> dict[str, Any]:
+    """The scrape configuration the operator wrote for `prometheus` (Secret prometheus-<name>, key
+    prometheus.yaml.gz), once it holds `jobs` ServiceMonitor jobs of `namespace` (other tests'
+    releases in other namespaces may be selected too)."""
     meta = prometheus["metadata"]
     deadline = time.monotonic() + timeout
     config: dict[str, Any] = {}
     while time.monotonic() < deadline:
         secret = cp.get("secret", f"prometheus-{meta['name']}", meta["namespace"], check=False)
         if secret and "prometheus.yaml.gz" in secret.get("data", {}):
-            raw = gzip.decompress(base64.b64decode(secret["data"]["prometheus.yaml.gz"]))
-            config = yaml.safe_load(raw)
-            if len(service_monitor_jobs(config)) >= want_jobs:
+            config = yaml.safe_load(gzip.decompress(base64.b64decode(secret["data"]["prometheus.yaml.gz"])))
+            if len(service_monitor_jobs(config, namespace)) >= jobs:
                 return config
         time.sleep(0.3)
-    raise AssertionError(f"operator wrote no configuration with {want_jobs} ServiceMonitor jobs for "
+    raise AssertionError(f"operator wrote no configuration with {jobs} ServiceMonitor jobs of {namespace} for "
                          f"{meta['namespace']}/{meta['name']} in {timeout}s; last: {service_monitor_jobs(config)}")
 
 
-def service_monitor_jobs(config: dict[str, Any]) -> list[str]:
-    return [job["job_name"] for job in config.get("scrape_configs") or [] if job["job_name"].startswith("serviceMonitor/")]
+def service_monitor_jobs(config: dict[str, Any], namespace: str | None = None) -> list[str]:
+    prefix = f"serviceMonitor/{namespace}/" if namespace else "serviceMonitor/"
+    return [job["job_name"] for job in config.get("scrape_configs") or [] if job["job_name"].startswith(prefix)]
 
 
-def rule_files(cp: ControlPlane, prometheus: dict[str, Any], *, want: int = 1, timeout: float = 60) -> dict[str, str]:
-    """The rule files the operator selected for `prometheus` (ConfigMaps prometheus-<name>-rulefiles-N)."""
+def rule_files(cp: ControlPlane, prometheus: dict[str, Any], *, namespace: str | None = None,
+               timeout: float = 60) -> dict[str, str]:
+    """The rule files the operator selected for `prometheus` (ConfigMaps prometheus-<name>-rulefiles-N),
+    once one of `namespace` is among them (None: return what is there after the timeout)."""
     meta = prometheus["metadata"]
     deadline = time.monotonic() + timeout
     files: dict[str, str] = {}
@@ -69,7 +73,7 @@ def rule_files(cp: ControlPlane, prometheus: dict[str, Any], *, want: int = 1, t
         for cm in cp.get("configmaps", namespace=meta["namespace"])["items"]:
             if cm["metadata"]["name"].startswith(f"prometheus-{meta['name']}-rulefiles-"):
                 files.update(cm.get("data") or {})
-        if len(files) >= want:
+        if namespace and any(name.startswith(f"{namespace}-") for name in files):
             return files
         time.sleep(0.3)
     return files

@@ -21,9 +21,9 @@ def test_default_install_is_selected_by_a_default_kube_prometheus_stack(control_
     # Defaults only: monitoring.release is kube-prometheus-stack, the release name its docs install.
     cp.helm("install", "fs", str(CHART), "-n", ns)
 
-    config = generated_config(cp, prometheus, want_jobs=4)
-    jobs = service_monitor_jobs(config)
-    assert sorted(j for j in jobs if f"/{ns}/" in j) == sorted(f"serviceMonitor/{ns}/fs-fsagent-{c}/0" for c in COMPONENTS)
+    config = generated_config(cp, prometheus, namespace=ns, jobs=4)
+    jobs = service_monitor_jobs(config, ns)
+    assert sorted(jobs) == sorted(f"serviceMonitor/{ns}/fs-fsagent-{c}/0" for c in COMPONENTS)
     for job in config["scrape_configs"]:
         if f"/{ns}/" not in job["job_name"]:
             continue
@@ -37,7 +37,7 @@ def test_default_install_is_selected_by_a_default_kube_prometheus_stack(control_
         assert any(r.get("target_label") == "job" and r.get("replacement") == f"fsagent-{component}"
                    for r in job["relabel_configs"])
 
-    files = rule_files(cp, prometheus)
+    files = rule_files(cp, prometheus, namespace=ns)
     ours = [body for name, body in files.items() if name.startswith(f"{ns}-fs-fsagent-")]
     assert len(ours) == 1, sorted(files)
     groups = {g["name"]: g for g in yaml.safe_load(ours[0])["groups"]}
@@ -56,11 +56,10 @@ def test_another_release_name_needs_the_one_value(control_plane: ControlPlane):
     other = cp.namespace("app")
     cp.helm("install", "fs", str(CHART), "-n", other, "--set", "monitoring.release=kps")
 
-    config = generated_config(cp, prometheus, want_jobs=4)
-    jobs = service_monitor_jobs(config)
-    assert not [j for j in jobs if f"/{ns}/" in j], "selected without the release label"
-    assert len([j for j in jobs if f"/{other}/" in j]) == 4
-    files = rule_files(cp, prometheus)
+    config = generated_config(cp, prometheus, namespace=other, jobs=4)
+    assert len(service_monitor_jobs(config, other)) == 4
+    assert not service_monitor_jobs(config, ns), "selected without the release label"
+    files = rule_files(cp, prometheus, namespace=other)
     assert [n for n in files if n.startswith(f"{other}-")] and not [n for n in files if n.startswith(f"{ns}-")]
 
 

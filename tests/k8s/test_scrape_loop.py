@@ -123,8 +123,8 @@ def test_prometheus_discovers_scrapes_and_alerts_through_the_api_server(control_
             "--set", "serviceMonitor.scrapeTimeout=1s")
     cp.apply([_endpoint_slice(ns, c, local_stack.ports) for c in COMPONENTS])
 
-    config = generated_config(cp, prometheus, want_jobs=4)
-    rules = rule_files(cp, prometheus)
+    config = generated_config(cp, prometheus, namespace=ns, jobs=4)
+    rules = rule_files(cp, prometheus, namespace=ns)
     assert [n for n in rules if n.startswith(f"{ns}-")], sorted(rules)
     prom = PrometheusServer(workdir=tmp_path / "prometheus", targets={}, binary=str(PROMETHEUS),
                             config=_run_locally(config, cp.kubeconfig, rules, tmp_path / "rules"))
