@@ -1,6 +1,6 @@
 """A stand-in for the Langfuse server's OTLP/HTTP trace endpoint, for tests.
 
-It serves `POST /api/public/otel/v1/traces` like Langfuse does: protobuf `ExportTraceServiceRequest`
+It serves `POST /api/public/otel/v1/traces` (and `GET /api/public/health`) like Langfuse does: protobuf `ExportTraceServiceRequest`
 bodies (gzip or not), Basic auth with the project's public and secret key. Every span received is
 decoded and kept, so tests can assert the trace tree the real SDK exported. It can also answer
 slowly (`delay`) or fail (`fail_with`) to show that export problems never reach a chat.
@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from tests.fakes.http_base import QuietHandler, serve_in_background, shut_down
 
 PATH = "/api/public/otel/v1/traces"
+HEALTH_PATH = "/api/public/health"  # GET, no auth: {"status": "OK", "version": ...}, as Langfuse answers
 
 
 @dataclass
@@ -111,6 +112,11 @@ def _handler(fake: FakeLangfuse) -> type[BaseHTTPRequestHandler]:
     expected = "Basic " + base64.b64encode(f"{fake.public_key}:{fake.secret_key}".encode()).decode()
 
     class Handler(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.split("?")[0] == HEALTH_PATH:
+                return self._reply(200, b'{"status":"OK","version":"4.59.0"}', "application/json")
+            self._reply(404, b"not found", "text/plain")
+
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             with fake._lock:

@@ -20,9 +20,9 @@ def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -37,17 +37,18 @@ class PrometheusServer:
     config: dict[str, Any] | None = None  # a whole configuration instead of targets (e.g. the operator's)
     binary: str | None = None  # another build than the one on PATH
     port: int = 0
+    host: str = "127.0.0.1"  # the address to listen on
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "PrometheusServer":
         binary = self.binary or prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed (apt-get install prometheus)")
-        self.port = self.port or _free_port()
+        self.port = self.port or _free_port(self.host)
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.config or {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
@@ -61,7 +62,7 @@ class PrometheusServer:
         self.process = subprocess.Popen(
             [binary, f"--config.file={self.workdir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn", *self.extra_args],
+             f"--web.listen-address={self.host}:{self.port}", "--log.level=warn", *self.extra_args],
             stdout=(self.workdir / "prometheus.log").open("wb"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

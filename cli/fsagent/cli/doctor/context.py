@@ -186,7 +186,7 @@ class Context:
                 own = self.kube.list("prometheuses", self.ns)
             except KubeError:
                 own = []
-            return own, f"cannot list Prometheus resources outside {self.ns} ({exc.message})"
+            return own, f"cannot list Prometheus resources outside {self.ns}: forbidden for {self.opts.identity or 'this identity'}"
 
     _ns_labels: dict[str, Labels | None]
 

@@ -73,7 +73,8 @@ def run(ctx: Context) -> list[Check]:
         sidecars = find_sidecars(ctx.kube.list("deployments"))
     except Forbidden as exc:
         return [warned(check, f"{len(maps)} dashboard ConfigMaps in {', '.join(where)}; cannot look for Grafana outside "
-                       f"{ctx.ns}: {exc.message}", forbidden_hint(exc, ctx))]
+                       f"{ctx.ns}: listing Deployments cluster-wide is forbidden for {ctx.opts.identity or 'this identity'}",
+                       forbidden_hint(exc, ctx))]
     except KubeError as exc:
         return [warned(check, f"cannot list Deployments: {exc}", "retry")]
     if not sidecars:
