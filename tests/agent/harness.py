@@ -63,6 +63,11 @@ class MemoryCache(cache_pb2_grpc.CacheServicer):
     sessions: dict[str, list[str]] = field(default_factory=dict)
     created: dict[str, float] = field(default_factory=dict)
     appends: list[cache_pb2.AppendSessionRequest] = field(default_factory=list)
+    failing: set[str] = field(default_factory=set)  # method names that answer UNAVAILABLE (a full disk)
+
+    async def _maybe_fail(self, method: str, context: Any) -> None:
+        if method in self.failing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "cache store busy, try again")
 
     def _record(self, session_id: str) -> cache_pb2.SessionRecord:
         messages = self.sessions.get(session_id)
@@ -80,9 +85,11 @@ class MemoryCache(cache_pb2_grpc.CacheServicer):
         return cache_pb2.CachePutResponse(stored=False)
 
     async def GetSession(self, request: cache_pb2.GetSessionRequest, context: Any) -> cache_pb2.SessionRecord:
+        await self._maybe_fail("GetSession", context)
         return self._record(request.session_id)
 
     async def AppendSession(self, request: cache_pb2.AppendSessionRequest, context: Any) -> cache_pb2.SessionRecord:
+        await self._maybe_fail("AppendSession", context)
         self.appends.append(request)
         messages = self.sessions.setdefault(request.session_id, [])
         self.created.setdefault(request.session_id, time.time())
@@ -125,8 +132,12 @@ async def running_agent(
     sandbox_channel = grpcutil.channel(sandbox_address or address)
     cache_channel = grpcutil.channel(cache_address or address)
     agent = Agent(settings, llm, sandbox_pb2_grpc.SandboxStub(sandbox_channel), cache_pb2_grpc.CacheStub(cache_channel))
-    agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, settings), server)
+    agent_pb2_grpc.add_AgentServicer_to_server(
+        AgentServicer(agent, settings, {"cache": cache_channel, "sandbox": sandbox_channel}), server
+    )
+    health = grpcutil.add_health(server, ["fsagent.v1.Agent", "fsagent.v1.Sandbox", "fsagent.v1.Cache"])
     await server.start()
+    await grpcutil.set_serving(health, ["fsagent.v1.Agent", "fsagent.v1.Sandbox", "fsagent.v1.Cache"], True)
     client = grpc.aio.insecure_channel(address)
     try:
         yield Harness(agent_pb2_grpc.AgentStub(client), cache, llm, settings, address)

@@ -12,7 +12,8 @@ from typing import Any, AsyncIterator
 import grpc
 import pytest
 
-from fsagent.v1 import agent_pb2
+from fsagent.common import grpcutil
+from fsagent.v1 import agent_pb2, sandbox_pb2_grpc
 from tests.agent.harness import Harness, dead_address, make_settings, metric, running_agent
 from tests.fakes.openai_server import ScriptedOpenAI, turns_since_user
 
@@ -153,24 +154,113 @@ async def test_a_client_chosen_session_id_is_kept(offline: Harness) -> None:
     assert "user-42:chat.1" in offline.cache.sessions
 
 
-async def test_chat_answers_when_the_cache_is_down() -> None:
+async def test_chat_answers_when_the_cache_is_down_and_says_the_turn_was_not_saved() -> None:
     errors = metric("fsagent_session_errors_total", operation="save")
     async with running_agent(make_settings(), cache_address=dead_address()) as harness:
         reply = await harness.stub.Chat(agent_pb2.ChatRequest(message="What is the VPN host name?"))
         assert "vpn.northwind.example.com" in reply.response and reply.status == "completed"
+        assert [(w.code, w.component) for w in reply.warnings] == [("history_not_saved", "cache")]
+        assert "not saved" in reply.warnings[0].message
+        events = await stream_events(harness, "What is the VPN host name?")
+        assert kinds(events)[-1] == "done"
+        assert [w.code for w in events[-1].done.warnings] == ["history_not_saved"]
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await harness.stub.GetSession(agent_pb2.AgentSessionRequest(session_id=reply.session_id))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert metric("fsagent_session_errors_total", operation="save") == errors + 1
+        assert ("fsagent-error-code", "session_store_unavailable") in tuple(info.value.trailing_metadata())
+    assert metric("fsagent_session_errors_total", operation="save") == errors + 2
 
 
-async def test_sandbox_down_becomes_tool_errors_not_a_failed_chat() -> None:
+async def test_a_session_whose_history_cannot_be_read_is_refused_not_answered_blind() -> None:
+    loads = metric("fsagent_session_errors_total", operation="load")
+    async with running_agent(make_settings(), cache_address=dead_address()) as harness:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await harness.stub.Chat(agent_pb2.ChatRequest(message="And the VPN?", session_id="known-session"))
+        events = await stream_events(harness, "And the VPN?", "known-session")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("fsagent-error-code", "history_unavailable") in tuple(info.value.trailing_metadata())
+    assert "history" in info.value.details() and "without session_id" in info.value.details()
+    # Refused before any model call: the first and only event is the error.
+    assert kinds(events) == ["error"] and events[0].error.code == "history_unavailable"
+    assert events[0].session_id == "known-session"
+    assert metric("fsagent_session_errors_total", operation="load") == loads + 2
+
+
+async def test_a_new_session_does_not_read_the_store() -> None:
+    async with running_agent(make_settings()) as harness:
+        harness.cache.failing.add("GetSession")
+        reply = await harness.stub.Chat(agent_pb2.ChatRequest(message="When is payday?"))
+    assert reply.status == "completed" and not reply.warnings
+    assert reply.session_id in harness.cache.sessions
+
+
+async def test_a_save_the_store_refuses_is_a_warning_and_nothing_else() -> None:
+    async with running_agent(make_settings()) as harness:
+        first = await harness.stub.Chat(agent_pb2.ChatRequest(message="When is payday?"))
+        harness.cache.failing.add("AppendSession")  # a full or read-only store still answers reads
+        second = await harness.stub.Chat(agent_pb2.ChatRequest(message="And the VPN host?", session_id=first.session_id))
+    assert second.response and [w.code for w in second.warnings] == ["history_not_saved"]
+    assert len(harness.cache.sessions[first.session_id]) == 2  # only the first turn
+
+
+async def test_sandbox_down_is_an_error_not_an_answer_built_on_it() -> None:
     async with running_agent(make_settings(), sandbox_address=dead_address()) as harness:
-        reply = await harness.stub.Chat(agent_pb2.ChatRequest(message="What is the VPN host name?"))
-    assert reply.status == "completed" and reply.iterations == 2
-    (result,) = reply.tool_results
-    assert not result.result.success and result.result.error.startswith("sandbox unavailable")
-    assert "The search failed" in reply.response and "sandbox unavailable" in reply.response
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await harness.stub.Chat(agent_pb2.ChatRequest(message="What is the VPN host name?"))
+        events = await stream_events(harness, "What is the VPN host name?")
+        saved = dict(harness.cache.sessions)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ("fsagent-error-code", "sandbox_unavailable") in tuple(info.value.trailing_metadata())
+    assert "sandbox is unavailable" in info.value.details()
+    # The stream shows the failed call, then ends with the error: no second model call, no answer.
+    assert kinds(events) == ["status", "tool_call", "tool_result", "error"]
+    (result,) = [e.tool_result for e in events if e.HasField("tool_result")]
+    assert not result.result.success and result.result.error_code == "sandbox_unavailable"
+    assert events[-1].error.code == "sandbox_unavailable"
+    assert saved == {}  # nothing saved for a failed turn
+
+
+class _HalfSandbox(sandbox_pb2_grpc.SandboxServicer):
+    """Answers `cat`, refuses to be reached for anything else (UNAVAILABLE)."""
+
+    async def Execute(self, request: Any, context: Any) -> Any:
+        from fsagent.v1 import sandbox_pb2
+
+        if request.tool != "cat":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        return sandbox_pb2.ExecuteResponse(stdout="1: the VPN host is vpn.example\n", command="cat")
+
+
+async def test_some_tool_calls_unreachable_is_an_answer_with_a_warning(llm_server: ScriptedOpenAI) -> None:
+    def script(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        if turns_since_user(messages) == 0:
+            return {"tool_calls": [{"name": "cat", "arguments": {"path": "a.md"}},
+                                   {"name": "grep", "arguments": {"pattern": "vpn"}}]}
+        return {"content": "The VPN host is vpn.example (a.md:1)."}
+
+    llm_server.script = script
+    server = grpcutil.server()
+    sandbox_pb2_grpc.add_SandboxServicer_to_server(_HalfSandbox(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with running_agent(openai_settings(llm_server), sandbox_address=f"127.0.0.1:{port}") as harness:
+            reply = await harness.stub.Chat(agent_pb2.ChatRequest(message="vpn?"))
+    finally:
+        await server.stop(None)
+    assert reply.response.startswith("The VPN host is vpn.example")
+    [warning] = reply.warnings
+    assert (warning.code, warning.component) == ("tools_partially_unavailable", "sandbox")
+    assert warning.message.startswith("1 of 2 tool calls could not run")
+
+
+async def test_check_dependencies_reports_the_cache_and_the_sandbox() -> None:
+    async with running_agent(make_settings()) as harness:
+        reply = await harness.stub.CheckDependencies(agent_pb2.CheckDependenciesRequest())
+        assert {d.name: d.state for d in reply.dependencies} == {"cache": "serving", "sandbox": "serving"}
+    async with running_agent(make_settings(), cache_address=dead_address()) as harness:
+        reply = await harness.stub.CheckDependencies(agent_pb2.CheckDependenciesRequest(), timeout=2)
+        assert {d.name: d.state for d in reply.dependencies} == {"cache": "unavailable", "sandbox": "serving"}
 
 
 # --- the real openai client against a scripted OpenAI-compatible server ----------------------------
@@ -268,15 +358,17 @@ async def test_invalid_tool_arguments_become_a_tool_error_the_model_sees(llm_ser
 
 
 @pytest.mark.parametrize(
-    ("failure", "code", "text"),
+    ("failure", "code", "typed", "text"),
     [
-        (503, grpc.StatusCode.UNAVAILABLE, "the LLM endpoint failed (HTTP 503)"),
-        (429, grpc.StatusCode.UNAVAILABLE, "rate limiting"),
-        (401, grpc.StatusCode.FAILED_PRECONDITION, "rejected the credentials (HTTP 401)"),
-        (400, grpc.StatusCode.FAILED_PRECONDITION, "rejected the request (HTTP 400): scripted failure"),
+        (503, grpc.StatusCode.UNAVAILABLE, "llm_upstream", "the LLM endpoint failed (HTTP 503)"),
+        (429, grpc.StatusCode.UNAVAILABLE, "llm_rate_limited", "rate limiting"),
+        (401, grpc.StatusCode.FAILED_PRECONDITION, "llm_auth", "rejected the credentials (HTTP 401): set a valid OPENAI_API_KEY"),
+        (400, grpc.StatusCode.FAILED_PRECONDITION, "llm_bad_request", "rejected the request (HTTP 400): scripted failure"),
     ],
 )
-async def test_llm_http_errors_map_to_grpc_status(llm_server: ScriptedOpenAI, failure: int, code: grpc.StatusCode, text: str) -> None:
+async def test_llm_http_errors_map_to_grpc_status(
+    llm_server: ScriptedOpenAI, failure: int, code: grpc.StatusCode, typed: str, text: str
+) -> None:
     llm_server.fail_with = failure
     async with running_agent(openai_settings(llm_server)) as harness:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -284,9 +376,10 @@ async def test_llm_http_errors_map_to_grpc_status(llm_server: ScriptedOpenAI, fa
         events = await stream_events(harness, "anything")
     assert info.value.code() == code
     assert text in info.value.details()
+    assert ("fsagent-error-code", typed) in tuple(info.value.trailing_metadata())
     assert "sk-test" not in info.value.details() and "Traceback" not in info.value.details()
     assert kinds(events) == ["status", "error"]
-    assert events[-1].error.code.startswith("llm_") and text in events[-1].error.message
+    assert events[-1].error.code == typed and text in events[-1].error.message
     assert len({e.session_id for e in events}) == 1
 
 
@@ -300,20 +393,22 @@ async def test_llm_endpoint_down_is_unavailable_without_a_traceback() -> None:
             await harness.stub.Chat(agent_pb2.ChatRequest(message="What is the VPN host name?"))
         events = await stream_events(harness, "What is the VPN host name?")
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert info.value.details() == "the LLM endpoint is unreachable"
+    assert info.value.details() == "the LLM endpoint is unreachable: check OPENAI_BASE_URL and the network"
     assert events[-1].error.code == "llm_connection"
     assert metric("fsagent_agent_completions_total", status="error") == errors + 2
     assert metric("fsagent_llm_calls_total", provider="openai", model="gpt-4o-mini", status="connection") >= 2
 
 
-async def test_chat_timeout_is_deadline_exceeded(llm_server: ScriptedOpenAI) -> None:
+async def test_chat_timeout_is_a_typed_llm_timeout(llm_server: ScriptedOpenAI) -> None:
     llm_server.delay = 2.0
     async with running_agent(openai_settings(llm_server, chat_timeout=0.3)) as harness:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await harness.stub.Chat(agent_pb2.ChatRequest(message="slow"))
         events = await stream_events(harness, "slow")
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert kinds(events) == ["status", "error"] and events[-1].error.code == "timeout"
+    assert ("fsagent-error-code", "llm_timeout") in tuple(info.value.trailing_metadata())
+    assert "FSAGENT_CHAT_TIMEOUT" in info.value.details()
+    assert kinds(events) == ["status", "error"] and events[-1].error.code == "llm_timeout"
 
 
 async def test_client_disconnect_cancels_the_turn(llm_server: ScriptedOpenAI) -> None:

@@ -43,7 +43,8 @@ def test_sdk_errors_map_to_llm_errors(error: Exception, code: str, text: str) ->
     assert mapped.code == code
     assert text in mapped.message
     assert "sk-" not in mapped.message
-    assert mapped.retryable == (code in {"timeout", "connection", "rate_limited", "upstream"})
+    assert mapped.retryable == (code in {"timeout", "connection", "rate_limited", "upstream"}
+                                and not isinstance(error, RuntimeError))  # an unknown failure is not retried
 
 
 def test_a_key_in_a_bad_request_message_is_masked() -> None:
@@ -64,7 +65,9 @@ async def test_openai_provider_from_settings() -> None:
     provider = build_provider(settings)
     assert isinstance(provider, OpenAIChatProvider)
     assert (provider.provider, provider.model) == ("openai", "gpt-test")
-    assert provider.client.max_retries == 3 and provider.client.timeout == 12.5
+    # The SDK does not retry on its own: the provider does, within the turn's deadline.
+    assert provider.client.max_retries == 0 and provider.max_retries == 3
+    assert provider.client.timeout == 12.5 and provider.timeout == 12.5
     await provider.aclose()
 
 

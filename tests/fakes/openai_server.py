@@ -8,6 +8,11 @@ it, non-streaming or streaming (SSE `chat.completion.chunk` events, `tool_calls`
 The default script is the 3-iteration conversation of the README: a grep, then two reads in
 parallel, then an answer that quotes what the tools returned. Every request is recorded.
 
+Faults (`Fault`, presets in `FAULTS`) stand in for a misbehaving endpoint: `fault` answers every
+request, `faults` the next ones (one each, first in first out): an error status with headers
+(429 with Retry-After, 500, 401), a 200 that is not a chat completion (HTML, invalid JSON,
+`message: null`, no choices, an empty stream), a hung endpoint, a dropped connection.
+
 Run it by hand: `uv run python tests/fakes/openai_server.py --port 8900`.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -65,6 +71,44 @@ def three_step_script(messages: list[dict[str, Any]]) -> Reply:
 
 
 @dataclass
+class Fault:
+    """One scripted misbehaviour, answered instead of the script's reply."""
+
+    status: int = 200
+    body: str | dict[str, Any] | None = None  # a dict is sent as JSON
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: float = 0.0  # seconds before answering at all (cut short when the server stops)
+    drop: bool = False  # close the connection without an answer
+
+
+def _error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+FAULTS: dict[str, Fault] = {
+    "rate_limited": Fault(429, _error("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+                          headers={"retry-after": "30"}),
+    "server_error": Fault(500, _error("The server had an error while processing your request.", "server_error")),
+    "unauthorized": Fault(401, _error("Incorrect API key provided: sk-test. You can find your API key at "
+                                      "https://platform.openai.com/account/api-keys.", "invalid_request_error",
+                                      "invalid_api_key")),
+    "html": Fault(200, "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+                       "<body><h1>Bad Gateway</h1></body></html>", content_type="text/html"),
+    "garbage_json": Fault(200, '{"id": "chatcmpl-x", "choices": [{"index": 0, "message": {"role": "assis'),
+    "message_null": Fault(200, {"id": "chatcmpl-null", "object": "chat.completion", "created": 0,
+                                "model": "scripted-model",
+                                "choices": [{"index": 0, "message": None, "finish_reason": "stop"}]}),
+    "no_choices": Fault(200, {"id": "chatcmpl-none", "object": "chat.completion", "created": 0,
+                              "model": "scripted-model", "choices": []}),
+    "empty_stream": Fault(200, "", content_type="text/event-stream"),
+    "garbage_stream": Fault(200, "data: {not json\n\n", content_type="text/event-stream"),
+    "hang": Fault(hang=3600.0),
+    "drop": Fault(drop=True),
+}
+
+
+@dataclass
 class ScriptedOpenAI:
     script: Script = three_step_script
     host: str = "127.0.0.1"
@@ -72,11 +116,14 @@ class ScriptedOpenAI:
     model: str = "scripted-model"
     delay: float = 0.0  # seconds before each reply (a slow model)
     fail_with: int | None = None  # answer every request with this HTTP status
+    fault: Fault | None = None  # answer every request with this
+    faults: list[Fault] = field(default_factory=list)  # answer the next requests with these, one each
     requests: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def base_url(self) -> str:
@@ -92,7 +139,14 @@ class ScriptedOpenAI:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # hung requests end now
         shut_down(self._server)
+
+    def next_fault(self) -> Fault | None:
+        with self._lock:
+            if self.faults:
+                return self.faults.pop(0)
+        return self.fault
 
     def record(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> None:
         with self._lock:
@@ -134,6 +188,10 @@ def _make_handler(fake: ScriptedOpenAI) -> type[BaseHTTPRequestHandler]:
             fake.record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             if fake.delay:
                 time.sleep(fake.delay)
+            fault = fake.next_fault()
+            if fault is not None:
+                self._fault(fault)
+                return
             if fake.fail_with:
                 self._json(fake.fail_with, {"error": {"message": "scripted failure", "type": "server_error"}})
                 return
@@ -192,6 +250,24 @@ def _make_handler(fake: ScriptedOpenAI) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             self.close_connection = True
+
+        def _fault(self, fault: Fault) -> None:
+            if fault.hang and fake._stopping.wait(fault.hang):
+                self.close_connection = True
+                return
+            if fault.drop:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            body = fault.body
+            data = (json.dumps(body) if isinstance(body, dict) else (body or "")).encode()
+            self.send_response(fault.status)
+            self.send_header("content-type", fault.content_type)
+            self.send_header("content-length", str(len(data)))
+            for name, value in fault.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
 
         def _json(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66sagent/v1/agent.proto\x12\nfsagent.v1\"C\n\x0b\x43hatRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xc4\x01\n\x0bToolOutcome\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12\x13\n\x0breturn_code\x18\x04 \x01(\x05\x12\x0f\n\x07\x63ommand\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\x12\x11\n\ttruncated\x18\t \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\n \x01(\x01\"^\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x17.fsagent.v1.ToolOutcome\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\"\xf3\x01\n\x0c\x43hatResponse\x12\x10\n\x08response\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.fsagent.v1.ToolCall\x12,\n\x0ctool_results\x18\x04 \x03(\x0b\x32\x16.fsagent.v1.ToolResult\x12\x12\n\niterations\x18\x05 \x01(\x05\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.fsagent.v1.Usage\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x0e\n\x06status\x18\t \x01(\t\"1\n\x0bStatusEvent\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x05\"\x1a\n\nTokenEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"+\n\nErrorEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa9\x02\n\tChatEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x17.fsagent.v1.StatusEventH\x00\x12\'\n\x05token\x18\x03 \x01(\x0b\x32\x16.fsagent.v1.TokenEventH\x00\x12)\n\ttool_call\x18\x04 \x01(\x0b\x32\x14.fsagent.v1.ToolCallH\x00\x12-\n\x0btool_result\x18\x05 \x01(\x0b\x32\x16.fsagent.v1.ToolResultH\x00\x12(\n\x04\x64one\x18\x06 \x01(\x0b\x32\x18.fsagent.v1.ChatResponseH\x00\x12\'\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.fsagent.v1.ErrorEventH\x00\x42\x07\n\x05\x65vent\")\n\x13\x41gentSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x0eSessionMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t\"\x82\x01\n\x0c\x41gentSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.fsagent.v1.SessionMessage\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x01\x12\x0f\n\x07updated\x18\x05 \x01(\x01\"\'\n\x14\x43learSessionResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\x9e\x02\n\x05\x41gent\x12\x39\n\x04\x43hat\x12\x17.fsagent.v1.ChatRequest\x1a\x18.fsagent.v1.ChatResponse\x12>\n\nChatStream\x12\x17.fsagent.v1.ChatRequest\x1a\x15.fsagent.v1.ChatEvent0\x01\x12G\n\nGetSession\x12\x1f.fsagent.v1.AgentSessionRequest\x1a\x18.fsagent.v1.AgentSession\x12Q\n\x0c\x43learSession\x12\x1f.fsagent.v1.AgentSessionRequest\x1a .fsagent.v1.ClearSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66sagent/v1/agent.proto\x12\nfsagent.v1\"C\n\x0b\x43hatRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xc4\x01\n\x0bToolOutcome\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12\x13\n\x0breturn_code\x18\x04 \x01(\x05\x12\x0f\n\x07\x63ommand\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\x12\x11\n\ttruncated\x18\t \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\n \x01(\x01\"^\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x17.fsagent.v1.ToolOutcome\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\";\n\x07Problem\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tcomponent\x18\x03 \x01(\t\"\x9a\x02\n\x0c\x43hatResponse\x12\x10\n\x08response\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.fsagent.v1.ToolCall\x12,\n\x0ctool_results\x18\x04 \x03(\x0b\x32\x16.fsagent.v1.ToolResult\x12\x12\n\niterations\x18\x05 \x01(\x05\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.fsagent.v1.Usage\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x0e\n\x06status\x18\t \x01(\t\x12%\n\x08warnings\x18\n \x03(\x0b\x32\x13.fsagent.v1.Problem\"1\n\x0bStatusEvent\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x05\"\x1a\n\nTokenEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\"H\n\nErrorEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x03 \x01(\x01\"\xa9\x02\n\tChatEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x17.fsagent.v1.StatusEventH\x00\x12\'\n\x05token\x18\x03 \x01(\x0b\x32\x16.fsagent.v1.TokenEventH\x00\x12)\n\ttool_call\x18\x04 \x01(\x0b\x32\x14.fsagent.v1.ToolCallH\x00\x12-\n\x0btool_result\x18\x05 \x01(\x0b\x32\x16.fsagent.v1.ToolResultH\x00\x12(\n\x04\x64one\x18\x06 \x01(\x0b\x32\x18.fsagent.v1.ChatResponseH\x00\x12\'\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.fsagent.v1.ErrorEventH\x00\x42\x07\n\x05\x65vent\")\n\x13\x41gentSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"=\n\x0eSessionMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04json\x18\x03 \x01(\t\"\x82\x01\n\x0c\x41gentSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.fsagent.v1.SessionMessage\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x01\x12\x0f\n\x07updated\x18\x05 \x01(\x01\"\'\n\x14\x43learSessionResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x1a\n\x18\x43heckDependenciesRequest\".\n\x0f\x44\x65pendencyState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"N\n\x19\x43heckDependenciesResponse\x12\x31\n\x0c\x64\x65pendencies\x18\x01 \x03(\x0b\x32\x1b.fsagent.v1.DependencyState2\x80\x03\n\x05\x41gent\x12\x39\n\x04\x43hat\x12\x17.fsagent.v1.ChatRequest\x1a\x18.fsagent.v1.ChatResponse\x12>\n\nChatStream\x12\x17.fsagent.v1.ChatRequest\x1a\x15.fsagent.v1.ChatEvent0\x01\x12G\n\nGetSession\x12\x1f.fsagent.v1.AgentSessionRequest\x1a\x18.fsagent.v1.AgentSession\x12Q\n\x0c\x43learSession\x12\x1f.fsagent.v1.AgentSessionRequest\x1a .fsagent.v1.ClearSessionResponse\x12`\n\x11\x43heckDependencies\x12$.fsagent.v1.CheckDependenciesRequest\x1a%.fsagent.v1.CheckDependenciesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,24 +41,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOLRESULT']._serialized_end=462
   _globals['_USAGE']._serialized_start=464
   _globals['_USAGE']._serialized_end=516
-  _globals['_CHATRESPONSE']._serialized_start=519
-  _globals['_CHATRESPONSE']._serialized_end=762
-  _globals['_STATUSEVENT']._serialized_start=764
-  _globals['_STATUSEVENT']._serialized_end=813
-  _globals['_TOKENEVENT']._serialized_start=815
-  _globals['_TOKENEVENT']._serialized_end=841
-  _globals['_ERROREVENT']._serialized_start=843
-  _globals['_ERROREVENT']._serialized_end=886
-  _globals['_CHATEVENT']._serialized_start=889
-  _globals['_CHATEVENT']._serialized_end=1186
-  _globals['_AGENTSESSIONREQUEST']._serialized_start=1188
-  _globals['_AGENTSESSIONREQUEST']._serialized_end=1229
-  _globals['_SESSIONMESSAGE']._serialized_start=1231
-  _globals['_SESSIONMESSAGE']._serialized_end=1292
-  _globals['_AGENTSESSION']._serialized_start=1295
-  _globals['_AGENTSESSION']._serialized_end=1425
-  _globals['_CLEARSESSIONRESPONSE']._serialized_start=1427
-  _globals['_CLEARSESSIONRESPONSE']._serialized_end=1466
-  _globals['_AGENT']._serialized_start=1469
-  _globals['_AGENT']._serialized_end=1755
+  _globals['_PROBLEM']._serialized_start=518
+  _globals['_PROBLEM']._serialized_end=577
+  _globals['_CHATRESPONSE']._serialized_start=580
+  _globals['_CHATRESPONSE']._serialized_end=862
+  _globals['_STATUSEVENT']._serialized_start=864
+  _globals['_STATUSEVENT']._serialized_end=913
+  _globals['_TOKENEVENT']._serialized_start=915
+  _globals['_TOKENEVENT']._serialized_end=941
+  _globals['_ERROREVENT']._serialized_start=943
+  _globals['_ERROREVENT']._serialized_end=1015
+  _globals['_CHATEVENT']._serialized_start=1018
+  _globals['_CHATEVENT']._serialized_end=1315
+  _globals['_AGENTSESSIONREQUEST']._serialized_start=1317
+  _globals['_AGENTSESSIONREQUEST']._serialized_end=1358
+  _globals['_SESSIONMESSAGE']._serialized_start=1360
+  _globals['_SESSIONMESSAGE']._serialized_end=1421
+  _globals['_AGENTSESSION']._serialized_start=1424
+  _globals['_AGENTSESSION']._serialized_end=1554
+  _globals['_CLEARSESSIONRESPONSE']._serialized_start=1556
+  _globals['_CLEARSESSIONRESPONSE']._serialized_end=1595
+  _globals['_CHECKDEPENDENCIESREQUEST']._serialized_start=1597
+  _globals['_CHECKDEPENDENCIESREQUEST']._serialized_end=1623
+  _globals['_DEPENDENCYSTATE']._serialized_start=1625
+  _globals['_DEPENDENCYSTATE']._serialized_end=1671
+  _globals['_CHECKDEPENDENCIESRESPONSE']._serialized_start=1673
+  _globals['_CHECKDEPENDENCIESRESPONSE']._serialized_end=1751
+  _globals['_AGENT']._serialized_start=1754
+  _globals['_AGENT']._serialized_end=2138
 # @@protoc_insertion_point(module_scope)

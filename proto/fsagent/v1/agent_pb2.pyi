@@ -68,8 +68,18 @@ class Usage(_message.Message):
     output_tokens: int
     def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
 
+class Problem(_message.Message):
+    __slots__ = ("code", "message", "component")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    component: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., component: _Optional[str] = ...) -> None: ...
+
 class ChatResponse(_message.Message):
-    __slots__ = ("response", "session_id", "tool_calls", "tool_results", "iterations", "usage", "trace_id", "model", "status")
+    __slots__ = ("response", "session_id", "tool_calls", "tool_results", "iterations", "usage", "trace_id", "model", "status", "warnings")
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +89,7 @@ class ChatResponse(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     response: str
     session_id: str
     tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
@@ -88,7 +99,8 @@ class ChatResponse(_message.Message):
     trace_id: str
     model: str
     status: str
-    def __init__(self, response: _Optional[str] = ..., session_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_results: _Optional[_Iterable[_Union[ToolResult, _Mapping]]] = ..., iterations: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., trace_id: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedCompositeFieldContainer[Problem]
+    def __init__(self, response: _Optional[str] = ..., session_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_results: _Optional[_Iterable[_Union[ToolResult, _Mapping]]] = ..., iterations: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., trace_id: _Optional[str] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., warnings: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ...) -> None: ...
 
 class StatusEvent(_message.Message):
     __slots__ = ("message", "iteration")
@@ -105,12 +117,14 @@ class TokenEvent(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class ErrorEvent(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "retry_after_seconds")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_after_seconds: float
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., retry_after_seconds: _Optional[float] = ...) -> None: ...
 
 class ChatEvent(_message.Message):
     __slots__ = ("session_id", "status", "token", "tool_call", "tool_result", "done", "error")
@@ -165,3 +179,21 @@ class ClearSessionResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class CheckDependenciesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DependencyState(_message.Message):
+    __slots__ = ("name", "state")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class CheckDependenciesResponse(_message.Message):
+    __slots__ = ("dependencies",)
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    dependencies: _containers.RepeatedCompositeFieldContainer[DependencyState]
+    def __init__(self, dependencies: _Optional[_Iterable[_Union[DependencyState, _Mapping]]] = ...) -> None: ...

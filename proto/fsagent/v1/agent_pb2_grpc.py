@@ -54,6 +54,11 @@ class AgentStub:
                 request_serializer=fsagent_dot_v1_dot_agent__pb2.AgentSessionRequest.SerializeToString,
                 response_deserializer=fsagent_dot_v1_dot_agent__pb2.ClearSessionResponse.FromString,
                 _registered_method=True)
+        self.CheckDependencies = channel.unary_unary(
+                '/fsagent.v1.Agent/CheckDependencies',
+                request_serializer=fsagent_dot_v1_dot_agent__pb2.CheckDependenciesRequest.SerializeToString,
+                response_deserializer=fsagent_dot_v1_dot_agent__pb2.CheckDependenciesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -84,6 +89,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckDependencies(self, request, context):
+        """The agent's view of its own dependencies (the cache, the sandbox), for the gateway's /ready:
+        the gateway reaches only the agent and the sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +119,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ClearSession,
                     request_deserializer=fsagent_dot_v1_dot_agent__pb2.AgentSessionRequest.FromString,
                     response_serializer=fsagent_dot_v1_dot_agent__pb2.ClearSessionResponse.SerializeToString,
+            ),
+            'CheckDependencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDependencies,
+                    request_deserializer=fsagent_dot_v1_dot_agent__pb2.CheckDependenciesRequest.FromString,
+                    response_serializer=fsagent_dot_v1_dot_agent__pb2.CheckDependenciesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +234,33 @@ class Agent:
             '/fsagent.v1.Agent/ClearSession',
             fsagent_dot_v1_dot_agent__pb2.AgentSessionRequest.SerializeToString,
             fsagent_dot_v1_dot_agent__pb2.ClearSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDependencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fsagent.v1.Agent/CheckDependencies',
+            fsagent_dot_v1_dot_agent__pb2.CheckDependenciesRequest.SerializeToString,
+            fsagent_dot_v1_dot_agent__pb2.CheckDependenciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,9 +5,12 @@ and ChatStream (which forwards every event).
     ... at most FSAGENT_MAX_ITERATIONS model calls -> save the session -> done
 
 The turn, each iteration, each LLM call and each tool call are Langfuse observations (tracing.py;
-no-ops without keys). LLM failures end the turn with an `error` event (code `llm_<reason>`); sandbox and
-cache failures never do: a failed tool call is shown to the model, a cache outage only costs the
-session history.
+no-ops without keys). A turn whose answer cannot be trusted ends with an `error` event and saves
+nothing: an LLM failure (code `llm_<reason>`, an empty answer is `llm_upstream`), a session whose
+history cannot be read (`history_unavailable`), a sandbox that ran none of the tool calls
+(`sandbox_unavailable`), the turn's deadline running out while tools run (`tool_timeout`). A turn
+that answers despite a problem says so in `done.warnings`: `history_not_saved`,
+`tools_partially_unavailable`. Every hop gets what is left of the turn's deadline (budget.py).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
 from fsagent.agent import metrics
+from fsagent.agent.budget import HISTORY, LLM, SAVE, TOOLS, Budget
 from fsagent.agent.llm.base import AssistantTurn, LLMError, LLMProvider, Message, StreamDelta, Tool, ToolCallRequest, Usage
-from fsagent.agent.orchestrator import ToolOrchestrator, ToolRun
+from fsagent.agent.orchestrator import SANDBOX_UNAVAILABLE, TOOL_TIMEOUT, ToolOrchestrator, ToolRun
 from fsagent.agent.prompt import SYSTEM_PROMPT
-from fsagent.agent.sessions import SessionStore, new_session_id
+from fsagent.agent.sessions import SESSION_TIMEOUT, SessionStore, SessionStoreUnavailable, new_session_id
 from fsagent.agent.tracing import AgentTracer
 from fsagent.common import propagation
 from fsagent.common.metrics import exemplar
@@ -38,6 +42,15 @@ def default_tools() -> list[Tool]:
     return openai_tools()
 
 
+class TurnError(Exception):
+    """A turn that must end with an error event: `code` and `message` are for the caller."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 @dataclass(slots=True)
 class _TurnState:
     usage: Usage = field(default_factory=Usage)
@@ -45,6 +58,8 @@ class _TurnState:
     tool_calls: list[agent_pb2.ToolCall] = field(default_factory=list)
     tool_results: list[agent_pb2.ToolResult] = field(default_factory=list)
     model: str = ""
+    reached: int = 0  # tool calls the sandbox answered (successfully or not)
+    unreachable: int = 0  # tool calls that never reached it
 
 
 class Agent:
@@ -71,10 +86,17 @@ class Agent:
     # --- one chat turn -----------------------------------------------------------------------
 
     async def run(
-        self, message: str, session_id: str = "", user_id: str = "", *, stream: bool = False
+        self, message: str, session_id: str = "", user_id: str = "", *, stream: bool = False,
+        budget: Budget | None = None, new_session: bool | None = None,
     ) -> AsyncIterator[agent_pb2.ChatEvent]:
-        """Every event of one turn; the last one is `done` or `error`. `user_id` is for tracing."""
+        """Every event of one turn; the last one is `done` or `error`. `user_id` is for tracing.
+
+        A `new_session` (default: no `session_id` given) has no history to load; `budget` is the
+        turn's deadline (default: FSAGENT_CHAT_TIMEOUT from now)."""
+        if new_session is None:
+            new_session = not session_id
         session_id = session_id or new_session_id()
+        budget = budget or Budget.start(self.settings.chat_timeout)
         state = _TurnState(model=self.llm.model)
         status: str | None = None
         started = time.perf_counter()
@@ -90,7 +112,17 @@ class Agent:
             session_id=session_id, user_id=user_id, message=message, model=self.llm.model,
         ) as root:
             try:
-                history = await self.sessions.history(session_id)
+                budget.phase = HISTORY
+                history: list[Message] = []
+                if not new_session:
+                    try:
+                        history = await self.sessions.history(session_id, timeout=budget.cap(SESSION_TIMEOUT))
+                    except SessionStoreUnavailable:
+                        raise TurnError(
+                            "history_unavailable",
+                            "the conversation history of this session cannot be read (the session store is "
+                            "unavailable): ask again later, or start a new conversation without session_id",
+                        ) from None
                 messages: list[Message] = [
                     {"role": "system", "content": SYSTEM_PROMPT},
                     *history,
@@ -100,9 +132,12 @@ class Agent:
                 for iteration in range(1, self.settings.max_iterations + 1):
                     state.iterations = iteration
                     yield event(status=agent_pb2.StatusEvent(message="thinking", iteration=iteration))
+                    budget.phase = LLM
                     with self.tracer.iteration(iteration):
                         turn: AssistantTurn | None = None
-                        async for item in self._call_llm(messages, stream=stream, iteration=iteration):
+                        async for item in self._call_llm(
+                            messages, stream=stream, iteration=iteration, deadline=budget.deadline
+                        ):
                             if isinstance(item, StreamDelta):
                                 yield event(token=agent_pb2.TokenEvent(text=item.text))
                             else:
@@ -111,7 +146,10 @@ class Agent:
                         state.usage.add(turn.usage)
                         state.model = turn.model or state.model
                         if not turn.tool_calls:
-                            answer = turn.content or "(the model returned an empty answer)"
+                            if not turn.content.strip():
+                                reason = f" (finish_reason {turn.finish_reason})" if turn.finish_reason not in ("", "stop") else ""
+                                raise LLMError("upstream", f"the model returned an empty answer{reason}", retryable=False)
+                            answer = turn.content
                             outcome = metrics.COMPLETED
                             break
                         if iteration == self.settings.max_iterations:
@@ -121,35 +159,49 @@ class Agent:
                             proto_call = agent_pb2.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
                             state.tool_calls.append(proto_call)
                             yield event(tool_call=proto_call)
-                        runs = await self._run_tools(turn.tool_calls, iteration=iteration)
+                        budget.phase = TOOLS
+                        runs = await self._run_tools(turn.tool_calls, iteration=iteration, deadline=budget.deadline)
                         for run in runs:
                             result = run.to_result()
                             state.tool_results.append(result)
                             messages.append(run.to_message())
                             yield event(tool_result=result)
+                        self._check_tools(runs, state)
                 if outcome == metrics.MAX_ITERATIONS:
                     answer = (
                         f"I stopped after {self.settings.max_iterations} model calls (the limit per question) "
                         "before reaching a final answer. Try a narrower question, or ask again to continue."
                     )
-                await self.sessions.save_turn(session_id, message, answer, {
+                budget.phase = SAVE
+                saved = await self.sessions.save_turn(session_id, message, answer, {
                     "status": outcome, "model": state.model, "iterations": state.iterations,
                     "tool_calls": [{"name": c.name, "arguments": c.arguments_json} for c in state.tool_calls],
-                })
+                }, timeout=budget.cap(SESSION_TIMEOUT, floor=0.2))
+                warnings = self._warnings(state, saved)
                 status = outcome
                 root.update(
                     output=answer,
                     metadata={"status": outcome, "iterations": state.iterations, "model": state.model,
                               "tool_calls": len(state.tool_calls), "input_tokens": state.usage.input_tokens,
-                              "output_tokens": state.usage.output_tokens},
-                    **({"level": "WARNING", "status_message": "max_iterations"} if outcome == metrics.MAX_ITERATIONS else {}),
+                              "output_tokens": state.usage.output_tokens,
+                              "warnings": [w.code for w in warnings]},
+                    **({"level": "WARNING", "status_message": "max_iterations"} if outcome == metrics.MAX_ITERATIONS
+                       else {"level": "WARNING", "status_message": ", ".join(w.code for w in warnings)} if warnings
+                       else {}),
                 )
-                yield event(done=self._response(session_id, answer, state, outcome))
+                yield event(done=self._response(session_id, answer, state, outcome, warnings))
             except LLMError as exc:
                 status = metrics.ERROR
                 log.warning("llm call failed", extra={"code": exc.code, "reason": exc.message})
                 root.update(level="ERROR", status_message=f"llm_{exc.code}: {exc.message}")
-                yield event(error=agent_pb2.ErrorEvent(code=f"llm_{exc.code}", message=exc.message))
+                yield event(error=agent_pb2.ErrorEvent(
+                    code=f"llm_{exc.code}", message=exc.message, retry_after_seconds=exc.retry_after or 0.0,
+                ))
+            except TurnError as exc:
+                status = metrics.ERROR
+                log.warning("chat turn failed", extra={"code": exc.code, "reason": exc.message})
+                root.update(level="ERROR", status_message=f"{exc.code}: {exc.message}")
+                yield event(error=agent_pb2.ErrorEvent(code=exc.code, message=exc.message))
             except (asyncio.CancelledError, GeneratorExit):
                 status = status or metrics.CANCELLED
                 raise
@@ -168,7 +220,47 @@ class Agent:
                 if state.iterations:
                     metrics.AGENT_ITERATIONS.observe(state.iterations)
 
-    def _response(self, session_id: str, answer: str, state: _TurnState, status: str) -> agent_pb2.ChatResponse:
+    @staticmethod
+    def _check_tools(runs: Sequence[ToolRun], state: _TurnState) -> None:
+        """Count what reached the sandbox; end the turn when an answer could only be made up."""
+        codes = [run.outcome.error_code for run in runs]
+        if TOOL_TIMEOUT in codes:
+            raise TurnError(
+                "tool_timeout",
+                "the tools did not finish within the chat's time limit (FSAGENT_CHAT_TIMEOUT): ask a narrower question",
+            )
+        unreachable = codes.count(SANDBOX_UNAVAILABLE)
+        state.unreachable += unreachable
+        state.reached += len(codes) - unreachable
+        if unreachable and state.reached == 0:
+            # Not one tool call ran this turn: whatever the model said next would not come from the documents.
+            raise TurnError(
+                "sandbox_unavailable",
+                "the sandbox is unavailable: none of the tool calls could run, so there is no answer from the documents",
+            )
+
+    @staticmethod
+    def _warnings(state: _TurnState, saved: bool) -> list[agent_pb2.Problem]:
+        warnings = []
+        if state.unreachable:
+            total = state.unreachable + state.reached
+            warnings.append(agent_pb2.Problem(
+                code="tools_partially_unavailable", component="sandbox",
+                message=f"{state.unreachable} of {total} tool calls could not run (the sandbox was unavailable): "
+                        "the answer may be incomplete",
+            ))
+        if not saved:
+            warnings.append(agent_pb2.Problem(
+                code="history_not_saved", component="cache",
+                message="the answer was not saved to the session (the session store is unavailable): "
+                        "a follow-up question in this session will not see this turn",
+            ))
+        return warnings
+
+    def _response(
+        self, session_id: str, answer: str, state: _TurnState, status: str,
+        warnings: Sequence[agent_pb2.Problem] = (),
+    ) -> agent_pb2.ChatResponse:
         return agent_pb2.ChatResponse(
             response=answer,
             session_id=session_id,
@@ -179,12 +271,13 @@ class Agent:
             trace_id=propagation.current_trace_id() or "",
             model=state.model,
             status=status,
+            warnings=warnings,
         )
 
     # --- the two steps a tracer wraps --------------------------------------------------------
 
     async def _call_llm(
-        self, messages: list[Message], *, stream: bool, iteration: int
+        self, messages: list[Message], *, stream: bool, iteration: int, deadline: float | None = None
     ) -> AsyncIterator[StreamDelta | AssistantTurn]:
         """One model call: text deltas (when streaming), then the AssistantTurn."""
         provider, model = self.llm.provider, self.llm.model
@@ -194,12 +287,12 @@ class Agent:
         observation = generation.__enter__()
         try:
             if stream:
-                async for item in self.llm.stream(messages, self.tools):
+                async for item in self.llm.stream(messages, self.tools, deadline=deadline):
                     if isinstance(item, AssistantTurn):
                         turn = item
                     yield item
             else:
-                turn = await self.llm.complete(messages, self.tools)
+                turn = await self.llm.complete(messages, self.tools, deadline=deadline)
                 yield turn
             outcome = "success"
         except LLMError as exc:
@@ -244,6 +337,8 @@ class Agent:
         cost_out = usage.output_tokens * output_price / 1e6
         return {"input": cost_in, "output": cost_out, "total": cost_in + cost_out}
 
-    async def _run_tools(self, calls: Sequence[ToolCallRequest], *, iteration: int) -> list[ToolRun]:
+    async def _run_tools(
+        self, calls: Sequence[ToolCallRequest], *, iteration: int, deadline: float | None = None
+    ) -> list[ToolRun]:
         """One batch of tool calls from one model turn (concurrent, results in request order)."""
-        return await self.orchestrator.run_batch(calls)
+        return await self.orchestrator.run_batch(calls, deadline)

@@ -40,7 +40,9 @@ async def serve(settings: Settings) -> None:
             settings, llm, sandbox_pb2_grpc.SandboxStub(sandbox_channel), cache_pb2_grpc.CacheStub(cache_channel),
             tracer=tracer,
         )
-        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(agent, settings), server)
+        agent_pb2_grpc.add_AgentServicer_to_server(
+            AgentServicer(agent, settings, {"cache": cache_channel, "sandbox": sandbox_channel}), server
+        )
 
         async def close_channels() -> None:
             await sandbox_channel.close()

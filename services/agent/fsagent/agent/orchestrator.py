@@ -2,8 +2,10 @@
 
 Every tool is read-only, so the calls of a turn run concurrently (at most
 `FSAGENT_MAX_CONCURRENT_TOOLS` at once) and come back in request order; a single call takes the
-same path. A call that fails at the gRPC level (sandbox down, deadline) becomes that call's error
-result, never an exception, so the model sees the failure and the loop goes on.
+same path. A call that fails at the gRPC level becomes that call's error result, never an
+exception: `sandbox_unavailable` (the sandbox down or not answering within its deadline) or
+`tool_timeout` (the turn's deadline, which caps every call, ran out first). The loop decides what
+such results mean for the turn.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from fsagent.v1 import agent_pb2, sandbox_pb2, sandbox_pb2_grpc
 # The sandbox enforces tool_timeout on the command itself; the margin covers the hop and the cache.
 DEADLINE_MARGIN = 5.0
 UNKNOWN_TOOL = "unknown"
+# error_code of a call that never reached the sandbox, and of one the turn's deadline cut short.
+SANDBOX_UNAVAILABLE = "sandbox_unavailable"
+TOOL_TIMEOUT = "tool_timeout"
+MIN_CALL_SECONDS = 0.05
 
 
 @dataclass(slots=True)
@@ -76,16 +82,17 @@ class ToolOrchestrator:
         # The model picks the name: only names from the schema become label values.
         return name if name in self.tool_names else UNKNOWN_TOOL
 
-    async def run_batch(self, calls: Sequence[ToolCallRequest]) -> list[ToolRun]:
-        """Run one turn's calls concurrently; results in request order."""
+    async def run_batch(self, calls: Sequence[ToolCallRequest], deadline: float | None = None) -> list[ToolRun]:
+        """Run one turn's calls concurrently; results in request order. No call runs past
+        `deadline` (time.monotonic())."""
         if not calls:
             return []
         metrics.TOOL_BATCHES.labels("parallel" if len(calls) > 1 else "sequential").inc()
-        return list(await asyncio.gather(*(self._run_one(call) for call in calls)))
+        return list(await asyncio.gather(*(self._run_one(call, deadline) for call in calls)))
 
-    async def _run_one(self, call: ToolCallRequest) -> ToolRun:
+    async def _run_one(self, call: ToolCallRequest, deadline: float | None = None) -> ToolRun:
         with self.tracer.tool(name=call.name, arguments=_arguments(call.arguments_json)) as observation:
-            run = await self._execute(call)
+            run = await self._execute(call, deadline)
             outcome = run.outcome
             observation.update(
                 output=run.content,
@@ -99,13 +106,18 @@ class ToolOrchestrator:
             )
             return run
 
-    async def _execute(self, call: ToolCallRequest) -> ToolRun:
+    async def _execute(self, call: ToolCallRequest, deadline: float | None = None) -> ToolRun:
         async with self.semaphore:
             started = time.perf_counter()
+            timeout, cut = self.deadline, False
+            if deadline is not None and deadline - time.monotonic() < timeout:
+                timeout, cut = max(0.0, deadline - time.monotonic()), True
             try:
+                if timeout < MIN_CALL_SECONDS:
+                    raise _NoTimeLeft
                 reply = await self.stub.Execute(
                     sandbox_pb2.ExecuteRequest(tool=call.name, arguments_json=call.arguments_json),
-                    timeout=self.deadline,
+                    timeout=timeout,
                 )
                 outcome = agent_pb2.ToolOutcome(
                     success=not reply.error,
@@ -119,11 +131,15 @@ class ToolOrchestrator:
                     truncated=reply.truncated,
                     duration_seconds=reply.duration_seconds,
                 )
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, _NoTimeLeft) as exc:
+                if isinstance(exc, _NoTimeLeft) or (cut and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                    error, code = "the chat's time limit ran out before the tool finished", TOOL_TIMEOUT
+                else:
+                    error, code = f"sandbox unavailable: {_rpc_reason(exc, timeout)}", SANDBOX_UNAVAILABLE
                 outcome = agent_pb2.ToolOutcome(
                     success=False,
-                    error=f"sandbox unavailable: {_rpc_reason(exc, self.deadline)}",
-                    error_code="sandbox_unavailable",
+                    error=error,
+                    error_code=code,
                     return_code=-1,
                     duration_seconds=time.perf_counter() - started,
                 )
@@ -132,6 +148,10 @@ class ToolOrchestrator:
         metrics.TOOL_EXECUTIONS.labels(label, "success" if outcome.success else "error").inc()
         metrics.TOOL_EXECUTION_DURATION.labels(label).observe(elapsed, exemplar=exemplar())
         return ToolRun(call, outcome)
+
+
+class _NoTimeLeft(Exception):
+    """The turn's deadline left no time to start the call."""
 
 
 def _arguments(arguments_json: str) -> object:

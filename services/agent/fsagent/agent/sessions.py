@@ -1,9 +1,11 @@
 """Chat sessions, kept by the cache service so that neither the gateway nor the agent holds state.
 
 A session stores the user's questions and the final answers (not the tool chatter), newest
-`FSAGENT_SESSION_MAX_MESSAGES` kept, for `FSAGENT_SESSION_TTL`. The store is an optimisation for the
-chat itself: when the cache is down the turn is answered without history and not saved (counted in
-`fsagent_session_errors_total`); only the explicit session API reports the outage.
+`FSAGENT_SESSION_MAX_MESSAGES` kept, for `FSAGENT_SESSION_TTL`. When the cache cannot be reached
+nothing is hidden: a turn that continues a session whose history cannot be read is refused
+(`SessionStoreUnavailable`; answering without the context would be silently wrong), and a turn
+whose answer cannot be saved says so (`save_turn` returns False, the reply carries a
+`history_not_saved` warning). Both are counted in `fsagent_session_errors_total`.
 """
 
 from __future__ import annotations
@@ -62,26 +64,38 @@ def session_message(raw: str) -> agent_pb2.SessionMessage:
     )
 
 
+class SessionStoreUnavailable(Exception):
+    """The cache did not answer a session call (down, hung, full, read-only)."""
+
+    def __init__(self, grpc_code: str) -> None:
+        super().__init__(f"the session store is unavailable ({grpc_code})")
+        self.grpc_code = grpc_code
+
+
 class SessionStore:
     def __init__(self, cache: cache_pb2_grpc.CacheStub, settings: Settings) -> None:
         self.cache = cache
         self.max_messages = settings.session_max_messages
         self.ttl = settings.session_ttl
 
-    async def history(self, session_id: str) -> list[Message]:
-        """The session's messages for the model; empty when new or when the store is down."""
+    async def history(self, session_id: str, timeout: float = SESSION_TIMEOUT) -> list[Message]:
+        """The session's messages for the model (empty for a session the store does not have);
+        raises SessionStoreUnavailable when the store does not answer."""
         try:
             record = await self.cache.GetSession(
-                cache_pb2.GetSessionRequest(session_id=session_id), timeout=SESSION_TIMEOUT
+                cache_pb2.GetSessionRequest(session_id=session_id), timeout=min(timeout, SESSION_TIMEOUT)
             )
         except grpc.aio.AioRpcError as exc:
             metrics.SESSION_ERRORS.labels("load").inc()
-            log.warning("session history unavailable; answering without it", extra={"grpc_code": exc.code().name})
-            return []
+            log.warning("session history unavailable", extra={"grpc_code": exc.code().name})
+            raise SessionStoreUnavailable(exc.code().name) from None
         return [m for m in (history_message(raw) for raw in record.messages_json) if m is not None]
 
-    async def save_turn(self, session_id: str, question: str, answer: str, details: dict[str, Any]) -> None:
-        """Append the question and the answer; `details` travel with the answer for clients."""
+    async def save_turn(
+        self, session_id: str, question: str, answer: str, details: dict[str, Any], timeout: float = SESSION_TIMEOUT
+    ) -> bool:
+        """Append the question and the answer; `details` travel with the answer for clients.
+        False when the store did not take them."""
         user = {"role": "user", "content": question}
         assistant = {
             "role": "assistant",
@@ -97,13 +111,14 @@ class SessionStore:
                     max_messages=self.max_messages,
                     ttl_seconds=self.ttl,
                 ),
-                timeout=SESSION_TIMEOUT,
+                timeout=min(timeout, SESSION_TIMEOUT),
             )
         except grpc.aio.AioRpcError as exc:
             metrics.SESSION_ERRORS.labels("save").inc()
             log.warning("session not saved", extra={"grpc_code": exc.code().name})
-            return
+            return False
         metrics.SESSION_MESSAGES.observe(len(record.messages_json))
+        return True
 
     async def get(self, session_id: str) -> agent_pb2.AgentSession:
         """The whole session for the API; raises AioRpcError when the store is unreachable."""

@@ -70,20 +70,26 @@ class StreamDelta:
 class LLMError(Exception):
     """An LLM call failed; `message` is short and safe to show (no keys, no request bodies).
 
-    Codes: `connection` (endpoint unreachable), `timeout`, `rate_limited`, `upstream` (5xx or a
-    broken stream) are worth retrying later; `auth` and `bad_request` need a configuration change.
+    Codes: `connection` (endpoint unreachable), `timeout`, `rate_limited`, `upstream` (5xx, a broken
+    stream, or a malformed reply) are the endpoint's fault; `auth` and `bad_request` need a
+    configuration change. `retryable` says whether another attempt may help (a malformed reply is
+    `upstream` but not retried); `retry_after` is the wait the endpoint asked for, in seconds.
     """
 
     RETRYABLE = frozenset({"connection", "timeout", "rate_limited", "upstream"})
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(
+        self, code: str, message: str, *, retryable: bool | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self._retryable = retryable
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
-        return self.code in self.RETRYABLE
+        return self.code in self.RETRYABLE if self._retryable is None else self._retryable
 
 
 class LLMProvider(abc.ABC):
@@ -95,11 +101,15 @@ class LLMProvider(abc.ABC):
     model: str
 
     @abc.abstractmethod
-    async def complete(self, messages: list[Message], tools: list[Tool]) -> AssistantTurn:
-        """One non-streaming call."""
+    async def complete(
+        self, messages: list[Message], tools: list[Tool], *, deadline: float | None = None
+    ) -> AssistantTurn:
+        """One non-streaming call, answered (or failed) by `deadline` (time.monotonic())."""
 
     @abc.abstractmethod
-    def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[StreamDelta | AssistantTurn]:
+    def stream(
+        self, messages: list[Message], tools: list[Tool], *, deadline: float | None = None
+    ) -> AsyncIterator[StreamDelta | AssistantTurn]:
         """Text deltas as they arrive, then exactly one final `AssistantTurn`."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook

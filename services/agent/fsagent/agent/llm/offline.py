@@ -554,7 +554,9 @@ class OfflineProvider(LLMProvider):
             return "", _plan_reads(terms, evidence)
         return _compose_answer(conversation.question, terms, evidence), []
 
-    async def complete(self, messages: list[Message], tools: list[Tool]) -> AssistantTurn:
+    async def complete(
+        self, messages: list[Message], tools: list[Tool], *, deadline: float | None = None
+    ) -> AssistantTurn:
         content, calls = self.plan(messages)
         produced = content + "".join(call.arguments_json for call in calls)
         return AssistantTurn(
@@ -566,7 +568,7 @@ class OfflineProvider(LLMProvider):
         )
 
     async def stream(
-        self, messages: list[Message], tools: list[Tool]
+        self, messages: list[Message], tools: list[Tool], *, deadline: float | None = None
     ) -> AsyncIterator[StreamDelta | AssistantTurn]:
         turn = await self.complete(messages, tools)
         words = [w for w in _WORD_BOUNDARY_RE.split(turn.content) if w]  # joins back exactly
