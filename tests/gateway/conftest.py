@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 
+from fsagent.agent.server import error_metadata, status_for
 from fsagent.common import grpcutil, propagation
 from fsagent.common.settings import Settings
 from fsagent.gateway.app import create_app
@@ -31,10 +32,15 @@ MAX_MESSAGE_CHARS = 200
 # --- scripted Agent --------------------------------------------------------------------------
 
 async def scripted_failure(message: str, context: grpc.aio.ServicerContext) -> None:
-    """`fail:<CODE>:<details>` aborts with that status; `crash` raises (the interceptor hides it)."""
+    """`fail:<CODE>:<details>` aborts with that status; `typed:<code>:<retry after>:<details>` aborts
+    as the real agent does (its status for the code, the code and the wait in the trailing
+    metadata); `crash` raises (the interceptor hides it)."""
     if message.startswith("fail:"):
         _, code, details = (message.split(":", 2) + [""])[:3]
         await context.abort(grpc.StatusCode[code], details)
+    if message.startswith("typed:"):
+        _, code, wait, details = (message.split(":", 3) + ["", ""])[:4]
+        await context.abort(status_for(code), details, error_metadata(code, float(wait or 0)))
     if message == "crash":
         raise RuntimeError("exploded in /srv/secret/agent.py")
 
@@ -46,8 +52,10 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
     trace_ids: list[str | None] = field(default_factory=list)
     sessions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    dependencies: dict[str, str] = field(default_factory=dict)
 
     def reset(self) -> None:
+        self.dependencies = {"cache": "serving", "sandbox": "serving"}
         self.requests.clear()
         self.traceparents.clear()
         self.trace_ids.clear()
@@ -84,9 +92,19 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
             status="completed",
         )
 
+    @staticmethod
+    def warned(reply: agent_pb2.ChatResponse) -> agent_pb2.ChatResponse:
+        reply.warnings.append(agent_pb2.Problem(
+            code="history_not_saved", component="cache",
+            message="the answer was not saved to the session (the session store is unavailable)",
+        ))
+        return reply
+
     async def Chat(self, request, context):
         self._seen(request, context)
         await scripted_failure(request.message, context)
+        if request.message == "unsaved":
+            return self.warned(self.reply(request.session_id or "s-new"))
         if request.message == "slow":
             await asyncio.sleep(5)
         if request.message == "hang":
@@ -101,6 +119,10 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
         self._seen(request, context)
         await scripted_failure(request.message, context)
         sid = request.session_id or "s-new"
+        if request.message.startswith("error-first:"):  # refused before any work (history unreadable)
+            code = request.message.split(":", 1)[1]
+            yield agent_pb2.ChatEvent(session_id=sid, error=agent_pb2.ErrorEvent(code=code, message=f"{code} now"))
+            return
         yield agent_pb2.ChatEvent(session_id=sid, status=agent_pb2.StatusEvent(message="thinking", iteration=1))
         if request.message == "hang":
             try:
@@ -112,7 +134,14 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
             await asyncio.sleep(1.0)
         if request.message == "break":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "connect to 10.1.2.3:50052 failed")
+        if request.message.startswith("error-late:"):  # the turn fails after it started
+            _, code, wait = (request.message.split(":", 2) + ["0"])[:3]
+            yield agent_pb2.ChatEvent(session_id=sid, error=agent_pb2.ErrorEvent(
+                code=code, message=f"{code} late", retry_after_seconds=float(wait)))
+            return
         reply = self.reply(sid)
+        if request.message == "unsaved":
+            self.warned(reply)
         yield agent_pb2.ChatEvent(session_id=sid, tool_call=reply.tool_calls[0])
         yield agent_pb2.ChatEvent(session_id=sid, tool_result=reply.tool_results[0])
         yield agent_pb2.ChatEvent(session_id=sid, token=agent_pb2.TokenEvent(text="The handbook "))
@@ -133,6 +162,11 @@ class FakeAgent(agent_pb2_grpc.AgentServicer):
 
     async def ClearSession(self, request, context):
         return agent_pb2.ClearSessionResponse(deleted=self.sessions.pop(request.session_id, None) is not None)
+
+    async def CheckDependencies(self, request, context):
+        return agent_pb2.CheckDependenciesResponse(dependencies=[
+            agent_pb2.DependencyState(name=name, state=state) for name, state in self.dependencies.items()
+        ])
 
 
 # --- scripted Sandbox ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ TOOL_RESULT_KEYS = {
 }
 CHAT_KEYS = {
     "response", "session_id", "tool_calls", "tool_results", "iterations", "usage", "trace_id", "model",
+    "warnings",
 }
 
 
@@ -38,6 +39,7 @@ async def test_chat_reply_has_the_documented_shape(client, upstreams):
     assert body["iterations"] == 2
     assert body["usage"] == {"input_tokens": 120, "output_tokens": 30}
     assert body["model"] == "offline"
+    assert body["warnings"] == [] and "x-fsagent-warnings" not in r.headers
     # One trace id: the header, the body, and the one the agent ran under.
     assert body["trace_id"] == r.headers["x-trace-id"] == upstreams.agent.trace_ids[-1]
     assert len(r.headers["x-request-id"]) >= 16

@@ -25,10 +25,12 @@ async def test_health(client):
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-async def test_ready_when_both_serve(client):
+async def test_ready_when_every_dependency_serves(client):
     r = await client.get("/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "dependencies": {"agent": "serving", "sandbox": "serving"}}
+    assert r.json() == {
+        "status": "ready", "dependencies": {"agent": "serving", "sandbox": "serving", "cache": "serving"},
+    }
 
 
 async def test_not_ready_when_a_dependency_is_not_serving(client, upstreams):
@@ -38,14 +40,28 @@ async def test_not_ready_when_a_dependency_is_not_serving(client, upstreams):
     finally:
         await grpcutil.set_serving(upstreams.sandbox_health, ["fsagent.v1.Sandbox"], True)
     assert r.status_code == 503
-    assert r.json() == {"status": "not_ready", "dependencies": {"agent": "serving", "sandbox": "unavailable"}}
+    assert r.json() == {
+        "status": "unavailable", "dependencies": {"agent": "serving", "sandbox": "unavailable", "cache": "serving"},
+    }
+
+
+async def test_a_cache_outage_is_degraded_but_still_ready(client, upstreams):
+    """Chats are still answered (not saved): the gateway stays in the Service."""
+    upstreams.agent.dependencies["cache"] = "unavailable"
+    r = await client.get("/ready")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "degraded", "dependencies": {"agent": "serving", "sandbox": "serving", "cache": "unavailable"},
+    }
 
 
 async def test_not_ready_when_a_dependency_is_down(gateway, dead_addr):
     async with gateway(agent_addr=dead_addr) as c:
         r = await c.get("/ready")
         assert r.status_code == 503
-        assert r.json()["dependencies"] == {"agent": "unavailable", "sandbox": "serving"}
+        assert r.json() == {
+            "status": "unavailable", "dependencies": {"agent": "unavailable", "sandbox": "serving", "cache": "unknown"},
+        }
         assert r.elapsed.total_seconds() < 2.5  # 1 s per check, run concurrently
         r = await c.get("/health")
         assert r.status_code == 200  # alive even when a dependency is not

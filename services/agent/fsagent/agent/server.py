@@ -22,15 +22,13 @@ from fsagent.agent.budget import LLM, TOOLS, Budget
 from fsagent.agent.loop import Agent
 from fsagent.agent.sessions import new_session_id
 from fsagent.common import grpcutil
+from fsagent.common.errorcodes import ERROR_CODE_KEY, RETRY_AFTER_KEY
 from fsagent.common.identifiers import is_session_id
 from fsagent.common.settings import Settings
 from fsagent.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# Trailing metadata of a failed Chat (and of the session calls): the typed code, and a wait.
-ERROR_CODE_KEY = "fsagent-error-code"
-RETRY_AFTER_KEY = "fsagent-retry-after"
 
 _UNAVAILABLE = {
     "llm_connection", "llm_rate_limited", "llm_upstream", "sandbox_unavailable", "history_unavailable",

@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"],
-            allow_headers=["*"], expose_headers=["X-Trace-Id", "X-Request-Id"],
+            allow_headers=["*"],
+            expose_headers=["X-Trace-Id", "X-Request-Id", "Retry-After", "X-Fsagent-Warnings"],
         )
     # Added last, so it is the outermost of ours and sees every request and response.
     app.add_middleware(

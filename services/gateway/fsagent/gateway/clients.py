@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from fsagent.common import grpcutil
 from fsagent.common.settings import Settings
-from fsagent.v1 import agent_pb2_grpc, sandbox_pb2_grpc
+from fsagent.v1 import agent_pb2, agent_pb2_grpc, sandbox_pb2_grpc
 
 # Deadlines for calls whose length the settings do not already bound (chat uses chat_timeout).
 UNARY_TIMEOUT = 30.0  # document list/read/write/delete
@@ -37,13 +37,27 @@ class Clients:
             sandbox_pb2_grpc.SandboxStub(sandbox_channel),
         )
 
-    async def ready(self, timeout: float = 1.0) -> dict[str, bool]:
-        """Whether each upstream answers grpc.health.v1 SERVING within `timeout` (both at once)."""
-        agent, sandbox = await asyncio.gather(
+    async def ready(self, timeout: float = 1.0) -> dict[str, str]:
+        """The state of each dependency, all asked at once within `timeout`: the agent and the
+        sandbox from their grpc.health.v1 answers ("serving", "unavailable"), the cache as the
+        agent sees it (the gateway never talks to the cache; "unknown" when the agent cannot say)."""
+        agent, sandbox, behind_agent = await asyncio.gather(
             grpcutil.check_health(self.agent_channel, timeout),
             grpcutil.check_health(self.sandbox_channel, timeout),
+            self._agent_dependencies(timeout),
         )
-        return {"agent": agent, "sandbox": sandbox}
+        return {
+            "agent": "serving" if agent else "unavailable",
+            "sandbox": "serving" if sandbox else "unavailable",
+            "cache": behind_agent.get("cache", "unknown") if agent else "unknown",
+        }
+
+    async def _agent_dependencies(self, timeout: float) -> dict[str, str]:
+        try:
+            reply = await self.agent.CheckDependencies(agent_pb2.CheckDependenciesRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return {}
+        return {d.name: d.state for d in reply.dependencies}
 
     async def close(self, grace: float | None = None) -> None:
         await asyncio.gather(self.agent_channel.close(grace), self.sandbox_channel.close(grace))

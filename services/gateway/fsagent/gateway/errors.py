@@ -2,11 +2,17 @@
 
 Messages never carry a traceback, a host path or a peer address: gRPC `UNAVAILABLE` details name
 the address they failed to reach, so those become "agent unavailable" / "sandbox unavailable".
+
+The agent names what went wrong with a chat in the trailing metadata `fsagent-error-code`
+(`llm_rate_limited`, `llm_timeout`, `sandbox_unavailable`, ...): those codes pass through unchanged
+with the status of `AGENT_ERRORS` and the agent's message (written for callers), and a rate limit
+gets `Retry-After`. A deadline the gateway itself ran out of stays the generic 504 `timeout`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Mapping, Sequence
 
 import grpc
@@ -17,6 +23,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from fsagent.common import names
+from fsagent.common.errorcodes import ERROR_CODE_KEY, RETRY_AFTER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,44 @@ _RPC_CLIENT_ERRORS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: (413, "payload_too_large"),
     grpc.StatusCode.FAILED_PRECONDITION: (400, "failed_precondition"),
 }
+
+# The agent's typed chat errors (trailing metadata `fsagent-error-code`, SSE `error` events) ->
+# HTTP status. README.md's error table documents each one.
+AGENT_ERRORS = {
+    "llm_rate_limited": 429,
+    "llm_connection": 503,
+    "llm_upstream": 502,
+    "llm_auth": 502,
+    "llm_bad_request": 502,
+    "llm_timeout": 504,
+    "tool_timeout": 504,
+    "timeout": 504,
+    "sandbox_unavailable": 503,
+    "history_unavailable": 503,
+    "session_store_unavailable": 503,
+}
+# Retry-After when the LLM endpoint rate limits without saying for how long.
+DEFAULT_RETRY_AFTER = {"llm_rate_limited": 10}
+
+
+def agent_error(code: str, message: str, retry_after: float = 0.0) -> tuple[int, str, str, dict[str, str]]:
+    """(HTTP status, code, message, headers) for a typed agent error; unknown codes are a 502."""
+    status = AGENT_ERRORS.get(code)
+    if status is None:
+        return 502, "upstream_error", "agent failed to handle the request", {}
+    headers: dict[str, str] = {}
+    wait = math.ceil(retry_after) if retry_after > 0 else DEFAULT_RETRY_AFTER.get(code, 0)
+    if wait and status in (429, 503):
+        headers["Retry-After"] = str(wait)
+    return status, code, _clip(message) or code.replace("_", " "), headers
+
+
+def _trailing(exc: grpc.aio.AioRpcError) -> dict[str, str]:
+    try:
+        pairs = exc.trailing_metadata() or ()
+        return {str(k): v if isinstance(v, str) else v.decode(errors="replace") for k, v in pairs}
+    except Exception:  # noqa: BLE001 - metadata is a bonus, never a reason to fail
+        return {}
 
 
 class ErrorDetail(BaseModel):
@@ -81,6 +126,20 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "The agent or the sandbox is unavailable."},
 }
 
+# The chat routes' own failures (the agent's typed codes).
+CHAT_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "description": "`llm_rate_limited`: the LLM endpoint rate limits; see `Retry-After`."},
+    502: {"model": ErrorBody, "description": (
+        "`llm_upstream` (the LLM failed or sent a malformed or empty reply), `llm_auth` (the LLM "
+        "rejected the configured key), `llm_bad_request`, `upstream_error`."
+    )},
+    503: {"model": ErrorBody, "description": (
+        "`sandbox_unavailable` (no tool call could run), `history_unavailable` (the session's history "
+        "cannot be read), `llm_connection`, `unavailable` (the agent)."
+    )},
+    504: {"model": ErrorBody, "description": "`llm_timeout`, `tool_timeout`, `timeout` (FSAGENT_CHAT_TIMEOUT)."},
+}
+
 
 class ApiError(HTTPException):
     """An HTTPException that names its error code."""
@@ -107,8 +166,21 @@ def _clip(text: str, limit: int = _MESSAGE_LIMIT) -> str:
 
 def rpc_error(exc: grpc.aio.AioRpcError, upstream: str | None) -> tuple[int, str, str]:
     """(HTTP status, code, message) for a failed gRPC call to `upstream` ("agent"/"sandbox")."""
+    return rpc_failure(exc, upstream)[:3]
+
+
+def rpc_failure(exc: grpc.aio.AioRpcError, upstream: str | None) -> tuple[int, str, str, dict[str, str]]:
+    """(HTTP status, code, message, headers) for a failed gRPC call to `upstream`."""
     status = exc.code()
     peer = upstream or "upstream"
+    trailing = _trailing(exc)
+    typed = trailing.get(ERROR_CODE_KEY, "")
+    if typed in AGENT_ERRORS:
+        try:
+            retry_after = float(trailing.get(RETRY_AFTER_KEY, "0"))
+        except ValueError:
+            retry_after = 0.0
+        return agent_error(typed, exc.details() or "", retry_after)
     if status in _RPC_CLIENT_ERRORS:
         http, code = _RPC_CLIENT_ERRORS[status]
         message = _clip(exc.details() or "") or code.replace("_", " ")
@@ -119,13 +191,13 @@ def rpc_error(exc: grpc.aio.AioRpcError, upstream: str | None) -> tuple[int, str
         # gateway answers with when it refuses the name itself.
         if status == grpc.StatusCode.INVALID_ARGUMENT and message.startswith(names.INVALID_PATH_PREFIX):
             code = names.INVALID_PATH_CODE
-        return http, code, message
+        return http, code, message, {}
     if status == grpc.StatusCode.UNAVAILABLE:
-        return 503, "unavailable", f"{peer} unavailable"
+        return 503, "unavailable", f"{peer} unavailable", {}
     if status == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return 504, "timeout", f"{peer} did not answer in time"
+        return 504, "timeout", f"{peer} did not answer in time", {}
     log.warning("%s call failed", peer, extra={"grpc_code": status.name if status else "UNKNOWN"})
-    return 502, "upstream_error", f"{peer} failed to handle the request"
+    return 502, "upstream_error", f"{peer} failed to handle the request", {}
 
 
 def validation_message(errors: Sequence[Any]) -> str:
@@ -155,8 +227,8 @@ async def validation_exception_handler(
 
 
 async def rpc_exception_handler(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
-    status, code, message = rpc_error(exc, getattr(request.state, "upstream", None))
-    return response(status, code, message)
+    status, code, message, headers = rpc_failure(exc, getattr(request.state, "upstream", None))
+    return response(status, code, message, headers or None)
 
 
 async def unhandled_exception_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -1,9 +1,9 @@
 """Server-Sent Events from a gRPC server stream.
 
 The first message is awaited before the response starts, so a call that fails at once (unknown
-file, upstream down) gets an ordinary HTTP error in the one error shape. After that, a failure
-becomes an `error` event, and a client that disconnects cancels the gRPC call, so the upstream
-stops working for nobody.
+file, upstream down, or a first message that is itself an error: `reject`) gets an ordinary HTTP
+error in the one error shape. After that, a failure becomes an `error` event, and a client that
+disconnects cancels the gRPC call, so the upstream stops working for nobody.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ async def stream_response(
     render: Callable[[Any], Iterable[Event]],
     finish: Callable[[], Iterable[Event]] = tuple,
     error_extra: Callable[[], dict[str, Any]] = dict,
+    reject: Callable[[Any], Exception | None] = lambda message: None,
 ) -> EventSourceResponse:
     """An SSE response relaying `call`: `render(message)` gives the events for each message,
     `finish()` those after a clean end; `error_extra()` adds fields to an `error` event.
@@ -45,6 +46,9 @@ async def stream_response(
     """
     try:
         first = await call.read()  # an AioRpcError here is answered in the normal error shape
+        refusal = reject(first) if first is not grpc.aio.EOF else None
+        if refusal is not None:
+            raise refusal
     except BaseException:
         call.cancel()
         raise
@@ -59,8 +63,9 @@ async def stream_response(
             for name, data in finish():
                 yield event(name, data)
         except grpc.aio.AioRpcError as exc:
-            _, code, text = errors.rpc_error(exc, upstream)
-            yield event("error", {**error_extra(), "code": code, "message": text})
+            _, code, text, headers = errors.rpc_failure(exc, upstream)
+            wait = {"retry_after": int(headers["Retry-After"])} if "Retry-After" in headers else {}
+            yield event("error", {**error_extra(), "code": code, "message": text, **wait})
         finally:
             # No-op after a clean end; on a client disconnect (the task is cancelled) it stops
             # the upstream work.

@@ -1,4 +1,10 @@
-"""Chat with the agent, as one JSON reply or as Server-Sent Events, and manage sessions."""
+"""Chat with the agent, as one JSON reply or as Server-Sent Events, and manage sessions.
+
+A reply is never a plain success when something went wrong: an answer that cannot be trusted is an
+error (the agent's typed code, errors.AGENT_ERRORS), and an answer given despite a problem carries
+`warnings` (`history_not_saved`, `tools_partially_unavailable`), listed again in the header
+`X-Fsagent-Warnings`; in a stream, in the `done` event.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from fsagent.common import propagation
 from fsagent.common.identifiers import SESSION_ID_PATTERN
 from fsagent.gateway import sse
 from fsagent.gateway.clients import UNARY_TIMEOUT, AgentDep, SettingsDep
+from fsagent.gateway import errors
 from fsagent.gateway.errors import ApiError
 from fsagent.gateway.metrics import InstrumentedRoute
 from fsagent.v1 import agent_pb2
@@ -66,6 +73,15 @@ class Usage(BaseModel):
     output_tokens: int
 
 
+class Warning_(BaseModel):
+    code: str = Field(description="`history_not_saved`, `tools_partially_unavailable`.")
+    message: str
+    component: str = Field(description="The dependency at fault: `cache`, `sandbox`, `llm`.")
+
+
+WARNINGS_HEADER = "X-Fsagent-Warnings"
+
+
 class ChatReply(BaseModel):
     response: str
     session_id: str
@@ -75,6 +91,10 @@ class ChatReply(BaseModel):
     usage: Usage
     trace_id: str = Field(description="W3C trace id; also the Langfuse trace id.")
     model: str
+    warnings: list[Warning_] = Field(
+        description="What went wrong although the question was answered; empty when nothing did. "
+        "The codes are also in the X-Fsagent-Warnings header."
+    )
 
 
 class SessionMessage(BaseModel):
@@ -138,7 +158,15 @@ def chat_json(reply: agent_pb2.ChatResponse) -> dict[str, Any]:
         },
         "trace_id": reply.trace_id or propagation.current_trace_id() or "",
         "model": reply.model,
+        "warnings": [
+            {"code": w.code, "message": w.message, "component": w.component} for w in reply.warnings
+        ],
     }
+
+
+def warning_headers(reply: agent_pb2.ChatResponse) -> dict[str, str]:
+    codes = list(dict.fromkeys(w.code for w in reply.warnings))
+    return {WARNINGS_HEADER: ", ".join(codes)} if codes else {}
 
 
 def _message_json(message: agent_pb2.SessionMessage) -> dict[str, Any]:
@@ -177,7 +205,10 @@ SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 # --- routes ----------------------------------------------------------------------------------
 
-@router.post("", response_model=ChatReply, summary="Ask a question and wait for the answer")
+@router.post(
+    "", response_model=ChatReply, summary="Ask a question and wait for the answer",
+    responses=errors.CHAT_ERROR_RESPONSES,
+)
 async def chat(req: ChatRequestDep, request: Request, agent: AgentDep, settings: SettingsDep) -> JSONResponse:
     call = agent.Chat(req, timeout=settings.chat_timeout)
     # A client that gives up cancels the turn downstream (LLM calls cost money), as the stream does.
@@ -193,7 +224,7 @@ async def chat(req: ChatRequestDep, request: Request, agent: AgentDep, settings:
         raise
     finally:
         watcher.cancel()
-    return JSONResponse(chat_json(reply))
+    return JSONResponse(chat_json(reply), headers=warning_headers(reply))
 
 
 async def _cancel_on_disconnect(request: Request, call: Any) -> None:
@@ -224,7 +255,21 @@ def _chat_events(event: agent_pb2.ChatEvent, session: list[str]) -> Iterable[sse
         done["session_id"] = done["session_id"] or session[0]
         yield "done", done
     elif kind == "error":
-        yield "error", {**sid, "code": event.error.code, "message": event.error.message}
+        # The agent's typed code and message, as the JSON route answers them (errors.AGENT_ERRORS).
+        _, _, _, headers = errors.agent_error(event.error.code, event.error.message, event.error.retry_after_seconds)
+        wait = {"retry_after": int(headers["Retry-After"])} if "Retry-After" in headers else {}
+        yield "error", {**sid, "code": event.error.code, "message": event.error.message, **wait}
+
+
+def _refuse_at_once(event: agent_pb2.ChatEvent) -> ApiError | None:
+    """A stream whose first event is already an error (the session's history cannot be read) is
+    answered with that error's HTTP status, like any failure before the first byte."""
+    if event.WhichOneof("event") != "error":
+        return None
+    status, code, message, headers = errors.agent_error(
+        event.error.code, event.error.message, event.error.retry_after_seconds
+    )
+    return ApiError(status, code, message, headers)
 
 
 @router.post(
@@ -234,8 +279,9 @@ def _chat_events(event: agent_pb2.ChatEvent, session: list[str]) -> Iterable[sse
     responses={200: {
         "content": {"text/event-stream": {}},
         "description": "Events `status`, `token`, `tool_call`, `tool_result`, then `done` (the full "
-        "chat reply) or `error`; every event's data is a JSON object with `session_id`.",
-    }},
+        "chat reply, with `warnings`) or `error` (`code`, `message`, `retry_after` for a rate limit: "
+        "the codes of the JSON route); every event's data is a JSON object with `session_id`.",
+    }, **errors.CHAT_ERROR_RESPONSES},
 )
 async def chat_stream(
     req: ChatRequestDep, agent: AgentDep, settings: SettingsDep
@@ -248,6 +294,7 @@ async def chat_stream(
         shutdown_grace=settings.shutdown_grace,
         render=lambda event: _chat_events(event, session),
         error_extra=lambda: {"session_id": session[0]},
+        reject=_refuse_at_once,
     )
 
 

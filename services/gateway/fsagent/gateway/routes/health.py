@@ -23,19 +23,25 @@ async def health() -> dict[str, str]:
 
 
 @router.get(
-    "/ready", summary="The agent and the sandbox answer their gRPC health checks",
-    responses={503: {"description": "A dependency is down; `dependencies` says which."}},
+    "/ready", summary="Whether chats can be served, and the state of each dependency",
+    responses={
+        200: {"description": "`ready`, or `degraded` when the cache (sessions) is unavailable: chats are "
+              "answered but not saved, and continuing a session fails."},
+        503: {"description": "`unavailable`: the agent or the sandbox is down; `dependencies` says which."},
+    },
 )
 async def ready(clients: ClientsDep) -> JSONResponse:
-    serving = await clients.ready(READY_TIMEOUT)
-    ok = all(serving.values())
-    return JSONResponse(
-        {
-            "status": "ready" if ok else "not_ready",
-            "dependencies": {
-                name: "serving" if up else "unavailable" for name, up in serving.items()
-            },
-        },
-        status_code=200 if ok else 503,
-    )
+    """`{"status": "ready"|"degraded"|"unavailable", "dependencies": {"agent", "sandbox", "cache"}}`.
 
+    Readiness (the kubelet's probe) follows what this gateway can serve: without the agent or the
+    sandbox nothing can be answered (503, out of the Service); without the cache chats still are,
+    so a cache outage does not take every gateway out of the Service (200, `degraded`).
+    """
+    dependencies = await clients.ready(READY_TIMEOUT)
+    if dependencies["agent"] != "serving" or dependencies["sandbox"] != "serving":
+        status, code = "unavailable", 503
+    elif any(state != "serving" for state in dependencies.values()):
+        status, code = "degraded", 200
+    else:
+        status, code = "ready", 200
+    return JSONResponse({"status": status, "dependencies": dependencies}, status_code=code)
