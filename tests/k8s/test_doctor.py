@@ -347,13 +347,17 @@ def test_the_role_is_read_only_and_narrow(world: World):
     assert names == {f"{RELEASE}-fsagent-{c}:metrics" for c in ("gateway", "agent", "sandbox", "cache")} | {"langfuse-web:3000"}
     secrets = [r for r in role["rules"] if "secrets" in r["resources"]]
     assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["langfuse-keys"], "verbs": ["get"]}]
-    # What that means for the token: the API port (documents) and other Secrets are out of reach.
+    # What that means for the token: no other Secret, no write of any kind.
+    assert _can(world, "get", "secrets/langfuse-keys")
+    assert not _can(world, "get", "secrets/other") and not _can(world, "list", "secrets")
+    assert not _can(world, "create", "pods") and not _can(world, "delete", "deployments")
+    assert not _can(world, "create", "pods/exec") and not _can(world, "create", "services/proxy")
+
+
+def _can(world: World, *args: str) -> bool:
     token = (world.sa_dir / "token").read_text()
-    def can(*args: str) -> bool:
-        return cp.kubectl("auth", "can-i", *args, "-n", world.ns, "--token", token, check=False).stdout.strip() == "yes"
-    assert can("get", "services/proxy", "--subresource=", f"{RELEASE}-fsagent-gateway:metrics") or True
-    assert not can("create", "pods") and not can("delete", "deployments") and not can("list", "secrets")
-    assert not can("get", "secrets/other")
+    return world.cp.kubectl("auth", "can-i", *args, "-n", world.ns, "--token", token,
+                            check=False).stdout.strip() == "yes"
 
 
 def test_the_chart_default_role_alone_passes_helm_test_with_warnings(world: World):
@@ -363,6 +367,10 @@ def test_the_chart_default_role_alone_passes_helm_test_with_warnings(world: Worl
     cp.helm("upgrade", RELEASE, str(CHART), "-n", world.ns, "--reuse-values", "--set", "helmTest.clusterRead=false")
     try:
         assert cp.get("clusterrolebinding", f"{world.ns}-{SA}", check=False) is None
+        # The Role alone: the metrics ports through the service proxy, never the API port (documents).
+        assert _can(world, "get", f"services/{RELEASE}-fsagent-gateway:metrics", "--subresource=proxy")
+        assert not _can(world, "get", f"services/{RELEASE}-fsagent-gateway:http", "--subresource=proxy")
+        assert not _can(world, "list", "prometheuses.monitoring.coreos.com", "-A")
         code, report = world.doctor()
         assert code == 0 and not by_status(report, "FAIL"), by_status(report, "FAIL")
         warned = by_status(report, "WARN")
