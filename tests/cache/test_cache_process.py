@@ -3,13 +3,7 @@ and a second process on the same directory finds what the first one stored."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,57 +11,7 @@ import httpx
 from fsagent.common import grpcutil
 from fsagent.v1 import cache_pb2 as pb
 from fsagent.v1 import cache_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class CacheProcess:
-    def __init__(self, cache_dir: Path, log_path: Path) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "FSAGENT_CACHE_DIR": str(cache_dir),
-            "FSAGENT_CACHE_SIZE_LIMIT": str(8 * 1024 * 1024),
-            "FSAGENT_CACHE_ADDR": f"127.0.0.1:{self.port}",
-            "FSAGENT_CACHE_METRICS_PORT": str(self.metrics_port),
-            "FSAGENT_BIND_HOST": "127.0.0.1",
-            "FSAGENT_SHUTDOWN_GRACE": "2",
-        }
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsagent.cache"], env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=cache_dir.parent,
-        )
-        self.address = f"127.0.0.1:{self.port}"
-
-    async def wait_serving(self, timeout: float = 20.0) -> None:
-        channel = grpcutil.channel(self.address)
-        try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while not await grpcutil.check_health(channel, timeout=0.5, service="fsagent.v1.Cache"):
-                assert self.proc.poll() is None, self.log_path.read_text()
-                assert asyncio.get_running_loop().time() < deadline, "cache never became SERVING"
-                await asyncio.sleep(0.1)
-        finally:
-            await channel.close()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+from tests.cache.processes import CacheProcess
 
 
 async def test_service_process_serves_and_survives_restart(tmp_path: Path) -> None:

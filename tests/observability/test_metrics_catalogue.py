@@ -175,6 +175,10 @@ def test_allowed_label_values_match_the_code(catalogue: dict[str, Any]) -> None:
         assert values_of(catalogue, "fsagent_sandbox_confinement_active", "layer") == set(sandbox_metrics.CONFINEMENT_LAYERS)
     assert values_of(catalogue, "fsagent_cache_operations_total", "result") == set(cache_metrics.RESULTS)
     assert values_of(catalogue, "fsagent_cache_invalidations_total", "reason") == set(cache_metrics.INVALIDATION_REASONS)
+    from fsagent.cache import repair
+
+    assert values_of(catalogue, "fsagent_cache_store_repairs_total", "reason") == set(cache_metrics.REPAIR_REASONS) \
+        == set(repair.REASONS)
 
 
 def _route_templates() -> set[str]:

@@ -28,6 +28,7 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Sequence[lifecyc
         "cache store open",
         extra={
             "directory": str(store.directory),
+            "store": str(store.store_directory),
             "size_limit_bytes": store.size_limit,
             "ttl_content": settings.cache_ttl_content,
             "ttl_search": settings.cache_ttl_search,

@@ -2,7 +2,9 @@
 
 Counters and the latency histogram are updated by the servicer on every call. The size gauges are
 computed at scrape time by a collector, in the metrics server's thread, from one aggregate query
-(CacheStore.stats), and remembered for a couple of seconds; nothing is aggregated per Get.
+(CacheStore.stats), and remembered for a couple of seconds; nothing is aggregated per Get. Repairs of
+a damaged store are counted by the store (record_repair); the quarantine gauges come from a walk of
+<cache dir>/quarantine, redone only when that directory changed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ RESULTS = ("hit", "miss", "stale", "stored", "skipped", "ok", "error")
 INVALIDATION_REASONS = ("document_write", "document_delete", "manual", "other")
 # Label for operations that span namespaces (invalidate, clear of everything).
 ALL_NAMESPACES = "all"
+# Why a store was repaired: SQLite said "file is not a database" (the header), or "database disk
+# image is malformed" (any other damage, also what PRAGMA quick_check finds at start), or its
+# write-ahead log had no valid header at start (SQLite would have dropped it silently).
+REPAIR_REASONS = ("not_a_database", "malformed", "damaged_wal")
 
 # The cache namespace label is `cache_namespace`, not `namespace`: kube-prometheus-stack attaches the
 # Kubernetes namespace as `namespace` to every series, which would rename ours to exported_namespace.
@@ -53,6 +59,19 @@ INVALIDATIONS_TOTAL = Counter(
 )
 
 
+STORE_REPAIRS_TOTAL = Counter(
+    "cache_store_repairs_total",
+    "Damaged cache stores moved to quarantine and replaced by a fresh one, by reason (not_a_database, malformed, damaged_wal).",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+SESSIONS_RECOVERED_TOTAL = Counter(
+    "cache_sessions_recovered_total",
+    "Sessions copied from a damaged cache store into its fresh replacement.",
+    namespace=NAMESPACE,
+)
+
+
 def _initialise() -> None:
     # Series exist (at 0) from the start, like the agent's and the sandbox's, so hit ratios, rates
     # and alerts see them before the first hit or invalidation.
@@ -64,6 +83,8 @@ def _initialise() -> None:
         OPERATION_DURATION.labels("get", namespace)
     for reason in INVALIDATION_REASONS:
         INVALIDATIONS_TOTAL.labels(reason)
+    for reason in REPAIR_REASONS:
+        STORE_REPAIRS_TOTAL.labels(reason)
 
 
 _initialise()
@@ -82,11 +103,17 @@ def record_invalidation(reason: str, removed: int) -> None:
     INVALIDATIONS_TOTAL.labels(reason_label(reason)).inc(removed)
 
 
+def record_repair(reason: str, sessions_recovered: int) -> None:
+    STORE_REPAIRS_TOTAL.labels(reason if reason in REPAIR_REASONS else "malformed").inc()
+    SESSIONS_RECOVERED_TOTAL.inc(sessions_recovered)
+
+
 class StoreGaugeCollector(Collector):
     """Size gauges of the bound store, computed when /metrics is scraped.
 
     fsagent_cache_size_bytes{cache_namespace}, fsagent_cache_entries{cache_namespace},
-    fsagent_cache_size_limit_bytes, fsagent_cache_volume_bytes, fsagent_sessions_active.
+    fsagent_cache_size_limit_bytes, fsagent_cache_volume_bytes, fsagent_sessions_active,
+    fsagent_cache_quarantined_stores, fsagent_cache_quarantine_bytes.
     """
 
     def __init__(self, max_age: float = 2.0) -> None:
@@ -119,6 +146,13 @@ class StoreGaugeCollector(Collector):
             "sessions": GaugeMetricFamily(
                 p + "sessions_active", "Conversation sessions stored and not expired."
             ),
+            "quarantined": GaugeMetricFamily(
+                p + "cache_quarantined_stores",
+                "Damaged cache stores kept for inspection under quarantine/ in the cache directory (never deleted automatically).",
+            ),
+            "quarantine_bytes": GaugeMetricFamily(
+                p + "cache_quarantine_bytes", "Disk used by the damaged stores under quarantine/ in the cache directory."
+            ),
         }
 
     def describe(self) -> Iterable[Metric]:
@@ -132,8 +166,12 @@ class StoreGaugeCollector(Collector):
                 return None
             if snapshot is not None and time.monotonic() - snapshot[0] < self._max_age:
                 return snapshot[1]
+        from fsagent.cache.store import StoreUnavailable
+
         try:
             stats = store.stats()
+        except StoreUnavailable:
+            return None  # the store said so once, in its own log line
         except Exception:  # noqa: BLE001 - a failing scrape must not break /metrics
             log.warning("cache stats unavailable for /metrics", exc_info=True)
             return None
@@ -143,10 +181,21 @@ class StoreGaugeCollector(Collector):
         return stats
 
     def collect(self) -> Iterable[Metric]:
-        stats = self._stats()
-        if stats is None:
+        with self._lock:
+            store = self._store
+        if store is None:
             return []
         families = self._families()
+        try:
+            usage = store.quarantine_usage()
+        except Exception:  # noqa: BLE001 - a failing scrape must not break /metrics
+            log.warning("cache quarantine usage unavailable for /metrics", exc_info=True)
+        else:
+            families["quarantined"].add_metric([], usage.stores)
+            families["quarantine_bytes"].add_metric([], usage.bytes)
+        stats = self._stats()
+        if stats is None:
+            return [families["quarantined"], families["quarantine_bytes"]]
         for ns in stats.namespaces:
             families["size"].add_metric([ns.namespace], ns.bytes)
             families["entries"].add_metric([ns.namespace], ns.entries)

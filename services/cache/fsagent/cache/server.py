@@ -3,7 +3,9 @@
 Requests are validated here and refused with INVALID_ARGUMENT and a message that says what is
 wrong. Store calls are blocking SQLite, so they run on a small dedicated thread pool; the event
 loop only decodes, validates and answers. A store that cannot get its lock in time answers
-UNAVAILABLE (the caller treats the cache as an optimisation and carries on without it).
+UNAVAILABLE (the caller treats the cache as an optimisation and carries on without it), and so does
+a damaged store that could not be repaired (the store repairs damage itself and retries the call
+on the fresh store; see store.py), with a message that says so and no traceback.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fsagent.cache.store import (
     STALE,
     CacheStore,
     InvalidArgument,
+    StoreUnavailable,
     check_namespace,
     check_session_id,
     normalize_path,
@@ -92,6 +95,9 @@ class CacheServicer(cache_pb2_grpc.CacheServicer):
             value = await self._run(fn, *args)
         except InvalidArgument as exc:
             await _invalid(context, str(exc))
+        except StoreUnavailable as exc:
+            record("error")  # the store logged the damage once; nothing to add per call
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except (diskcache.Timeout, sqlite3.OperationalError) as exc:
             record("error")
             log.warning("cache store busy", extra={"operation": operation, "error": repr(exc)})

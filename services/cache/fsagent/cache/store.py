@@ -17,6 +17,18 @@ Layout of one entry in diskcache:
 `get` answers HIT only when the stored fingerprint equals the caller's; a mismatch deletes the
 entry (STALE). `invalidate(prefix)` drops every content/search entry whose scope contains or lies
 beneath the prefix. Eviction is least-recently-used over the whole store at `size_limit`.
+
+Damage: every public method runs through `_guarded`. When SQLite says the database file is damaged
+(at start, where the store is also checked with `PRAGMA quick_check`, or in any later call), the
+store is repaired once: the damaged files go to <directory>/quarantine/<UTC timestamp>/, a fresh
+store is made in a new directory <directory>/store-<UTC timestamp>/, the sessions SQLite (or the
+pages themselves) can still give are copied into it (repair.py), and the call is retried there.
+A new path rather than a new file at the old one: a connection still open on the damaged files
+(another thread, another process) deletes "cache.db-wal" and "cache.db-shm" by name when it
+closes last, which at the old path would be the fresh store's. Threads of one process wait for a
+repair (a readers-writer gate); processes sharing the directory take <directory>/store.lock
+(flock) to replace the store, and notice a replaced store on their next call (the database file
+they opened is gone), then open the new one.
 """
 
 from __future__ import annotations
@@ -30,14 +42,15 @@ import sqlite3
 import struct
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import diskcache
 from diskcache.core import DBNAME
 
+from fsagent.cache import repair
 from fsagent.common.identifiers import is_session_id
 from fsagent.common.scopes import scope_matches
 from fsagent.common.settings import Settings
@@ -67,10 +80,23 @@ _MAGIC = b"fsc1"
 _U32 = struct.Struct(">I")
 # How much of an entry's head the invalidation scan reads first; enough for typical scope lists.
 _HEAD_BYTES = 4096
+# After a repair that could not be done (a read-only or full volume), calls answer "unavailable"
+# at once for this long before the next attempt.
+REPAIR_RETRY_SECONDS = 30.0
+
+T = TypeVar("T")
 
 
 class InvalidArgument(ValueError):
     """A request the store refuses; the message is meant for the caller."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot answer now (damaged, and the repair could not be done); the message says why."""
+
+
+class _RepairFailed(Exception):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +247,53 @@ def _check_ttl(ttl: float | None) -> float | None:
 # --- the store ---------------------------------------------------------------------------------
 
 
+class _Gate:
+    """Many store calls at once, or one repair alone (readers-writer, a waiting repair goes first)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._waiting = 0
+        self._exclusive = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if not self._active:
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._active:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+def _ident(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class CacheStore:
     """Namespaced, fingerprint-checked, LRU-evicted key-value store on one diskcache directory."""
 
@@ -238,19 +311,35 @@ class CacheStore:
         self.size_limit = int(size_limit)
         self._ttl = {CONTENT: ttl_content, SEARCH: ttl_search, SESSIONS: ttl_sessions}
         self._timeout = timeout
-        self._cache = diskcache.Cache(
-            directory=str(self.directory),
-            timeout=timeout,
-            size_limit=self.size_limit,
-            eviction_policy="least-recently-used",
-            tag_index=True,
+        self._settings: dict[str, object] = {
+            "timeout": timeout,
+            "size_limit": self.size_limit,
+            "eviction_policy": "least-recently-used",
+            "tag_index": True,
             # Statistics in diskcache are shared across processes and cost a write per lookup;
             # ours are per process, in memory.
-            statistics=False,
-        )
-        self._db_path = str(self.directory / DBNAME)
+            "statistics": False,
+            # No memory-mapped reads: SQLite maps the database file, and a file truncated under a
+            # mapping kills the process with SIGBUS. Reads through the page cache cost ~15 us more
+            # per call; a damaged (truncated) store then fails with an error and is repaired.
+            "sqlite_mmap_size": 0,
+        }
         self._lock = threading.Lock()
         self._counters = _Counters()
+        self._gate = _Gate()
+        self._cache: diskcache.Cache | None = None
+        self._store_dir = self.directory
+        self._db_path = str(self.directory / DBNAME)
+        self._db_ident: tuple[int, int] | None = None
+        self._generation = 0
+        self._unavailable: str | None = None
+        self._retry_at = 0.0
+        self._quarantine_memo: tuple[tuple[int, int], float, repair.QuarantineUsage] | None = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open("start")
+        except _RepairFailed as exc:
+            self._fail(str(exc))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CacheStore":
@@ -266,12 +355,306 @@ class CacheStore:
     def max_entry_bytes(self) -> int:
         return max(1, self.size_limit // MAX_ENTRY_SHARE)
 
+    @property
+    def store_directory(self) -> Path:
+        """Where the current store's files are: the directory itself, or store-<UTC timestamp>
+        beneath it once a damaged store has been replaced."""
+        return self._store_dir
+
     def ttl(self, namespace: str) -> float:
         return self._ttl[namespace]
 
     def close(self) -> None:
         """Close this thread's connection; worker threads' connections close when they exit."""
-        self._cache.close()
+        cache = self._cache
+        if cache is not None:
+            cache.close()
+
+    # --- opening, damage and repair ------------------------------------------------------------
+
+    def _resolve(self) -> Path:
+        """The current store: the newest store-* generation holding a database, else the directory."""
+        try:
+            generations = sorted(
+                p for p in self.directory.glob(repair.GENERATION_PREFIX + "*") if (p / DBNAME).is_file()
+            )
+        except OSError:
+            generations = []
+        return generations[-1] if generations else self.directory
+
+    def _is_current(self) -> bool:
+        return _ident(self._db_path) == self._db_ident
+
+    def _open(self, detected: str) -> None:
+        """Find, open and check the current store; repair it when it is damaged.
+
+        Called at start and when another process replaced the store; the caller holds the gate
+        exclusively. Errors other than damage propagate (at start: as before, the service stops).
+        """
+        previous = self._store_dir if self._cache is not None else None
+        for _ in range(5):
+            with repair.directory_lock(self.directory, exclusive=False):
+                store_dir = self._resolve()
+                ident = _ident(store_dir / DBNAME)
+                wal = repair.wal_damage(store_dir / (DBNAME + "-wal"))
+                if wal is not None:
+                    cache, damage = None, (repair.REASON_DAMAGED_WAL, wal)
+                else:
+                    cache, damage = self._try_open(store_dir)
+            if damage is None:
+                damage = self._check(store_dir)
+            if damage is None:
+                assert cache is not None
+                self._install(cache, store_dir)
+                if previous is not None and previous != store_dir:
+                    log.info(
+                        "cache store replaced by another process; using the new one",
+                        extra={"store": str(store_dir), "previous_store": str(previous)},
+                    )
+                return
+            if cache is not None:
+                cache.close()
+            with repair.directory_lock(self.directory, exclusive=True):
+                if self._resolve() == store_dir and _ident(store_dir / DBNAME) == ident:
+                    self._repair(store_dir, *damage, detected=detected)
+                    return
+            # Replaced by another process meanwhile: open that one.
+        raise _RepairFailed("the cache store kept changing while it was being opened")
+
+    def _try_open(self, store_dir: Path) -> tuple[diskcache.Cache | None, tuple[str, str] | None]:
+        try:
+            return diskcache.Cache(directory=str(store_dir), **self._settings), None
+        except sqlite3.DatabaseError as exc:
+            reason = repair.corruption_reason(exc)
+            if reason is None:
+                raise
+            return None, (reason, str(exc))
+
+    def _check(self, store_dir: Path) -> tuple[str, str] | None:
+        """`PRAGMA quick_check` (every page of every b-tree; ~0.5 s per 500 MB) of a store just opened."""
+        try:
+            with closing(sqlite3.connect(str(store_dir / DBNAME), timeout=self._timeout, isolation_level=None)) as con:
+                con.execute("PRAGMA query_only = 1")
+                con.execute("PRAGMA mmap_size = 0")
+                rows = con.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            reason = repair.corruption_reason(exc)
+            if reason is None:
+                raise
+            return reason, str(exc)
+        if rows != [("ok",)]:
+            first = str(rows[0][0]).strip().splitlines() if rows else []
+            return repair.REASON_MALFORMED, "quick_check: " + (first[-1] if first else "no answer")
+        return None
+
+    def _install(self, cache: diskcache.Cache, store_dir: Path) -> None:
+        self._cache = cache
+        self._store_dir = store_dir
+        self._db_path = str(store_dir / DBNAME)
+        self._db_ident = _ident(self._db_path)
+        self._generation += 1
+        self._unavailable = None
+        self._retry_at = 0.0
+
+    def _repair(self, store_dir: Path, reason: str, error: str, *, detected: str) -> None:
+        """Quarantine the damaged store, make a fresh one, salvage the sessions into it.
+
+        The caller holds the gate exclusively and the directory lock exclusively.
+        """
+        started = time.monotonic()
+        stamp = repair.utc_stamp()
+        # The fresh store first, at a path never used before: once it exists every process resolves
+        # to it, whatever happens next.
+        try:
+            fresh_dir = repair.unique_dir(self.directory, repair.GENERATION_PREFIX + stamp)
+            fresh = diskcache.Cache(directory=str(fresh_dir), **self._settings)
+        except (OSError, sqlite3.Error) as exc:
+            raise _RepairFailed(f"cannot create a fresh store in {self.directory}: {exc}") from None
+        try:
+            kept: Path | None = repair.quarantine(self.directory, store_dir, stamp)
+            not_moved = None
+        except OSError as exc:
+            kept, not_moved = None, str(exc)
+        source = kept or store_dir
+        try:
+            salvage = repair.salvage_sessions(source, now=time.time(), max_value_bytes=self.max_entry_bytes)
+        except Exception as exc:  # noqa: BLE001 - a salvage that fails must not stop the repair
+            log.warning("session salvage failed", extra={"error": repr(exc)})
+            salvage = repair.Salvage()
+        recovered = 0
+        for found in salvage.sessions.values():
+            expire = None if found.expire_time is None else found.expire_time - time.time()
+            if expire is not None and expire <= 0:
+                continue
+            try:
+                # add: a session written meanwhile by another process (already on the fresh store) wins.
+                if fresh.add(found.key, found.value, expire=expire, tag=SESSIONS):
+                    recovered += 1
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                log.warning("a recovered session could not be stored", extra={"error": repr(exc)})
+        old = self._cache
+        self._install(fresh, fresh_dir)
+        if old is not None:
+            old.close()  # this thread's connection; the other threads' close with the object
+        seconds = round(time.monotonic() - started, 3)
+        report = {
+            "detected_at": stamp,
+            "detected_by": detected,
+            "reason": reason,
+            "error": error,
+            "damaged_store": str(store_dir),
+            "fresh_store": str(fresh_dir),
+            "sessions_recovered": recovered,
+            "sessions_listed": salvage.listed,
+            "seconds": seconds,
+        }
+        if kept is not None:
+            repair.write_report(kept, report)
+        from fsagent.cache import metrics  # here: metrics imports this module
+
+        metrics.record_repair(reason, recovered)
+        with self._lock:
+            self._quarantine_memo = None
+        log.error(
+            "cache store damaged: quarantined it and serving a fresh store",
+            extra={**report, "quarantine": str(kept) if kept else None,
+                   **({"quarantine_error": not_moved} if not_moved else {})},
+        )
+
+    def _fail(self, message: str) -> None:
+        """A repair that could not be done: answer "unavailable" for a while, then try again."""
+        self._unavailable = message
+        self._retry_at = time.monotonic() + REPAIR_RETRY_SECONDS
+        log.error(
+            "cache store damaged and could not be repaired; calls fail until it can be",
+            extra={"error": message, "directory": str(self.directory), "retry_in_seconds": REPAIR_RETRY_SECONDS},
+        )
+
+    def _unavailable_error(self) -> StoreUnavailable:
+        return StoreUnavailable(f"cache store is damaged and could not be repaired: {self._unavailable}")
+
+    def _enter(self) -> int:
+        """Enter the gate on a store that is open and still the current one; its generation."""
+        while True:
+            self._gate.enter()
+            if self._cache is not None and self._is_current():
+                return self._generation
+            self._gate.leave()
+            self._reopen()
+
+    def _reopen(self) -> None:
+        with self._gate.exclusive():
+            if self._cache is not None and self._is_current():
+                return
+            if time.monotonic() < self._retry_at:
+                raise self._unavailable_error()
+            try:
+                self._open("reopen")
+            except (_RepairFailed, OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                self._fail(str(exc))
+                raise self._unavailable_error() from None
+
+    def _recover(self, generation: int, reason: str, error: str, operation: str) -> None:
+        """Repair the store an operation found damaged, once however many calls found it."""
+        with self._gate.exclusive():
+            if self._generation != generation:
+                return  # another thread repaired it (or moved to a replacement) meanwhile
+            if time.monotonic() < self._retry_at:
+                raise self._unavailable_error()
+            try:
+                with repair.directory_lock(self.directory, exclusive=True):
+                    if self._resolve() == self._store_dir and self._is_current():
+                        self._repair(self._store_dir, reason, error, detected=operation)
+                        return
+                self._open(operation)  # another process replaced it meanwhile
+            except (_RepairFailed, OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                self._fail(str(exc))
+                raise self._unavailable_error() from None
+
+    def _guarded(self, operation: str, fn: Callable[..., T], *args: object) -> T:
+        """Run one store call; on damage, repair (once) and run it again on the fresh store."""
+        repaired = False
+        while True:
+            generation = self._enter()
+            try:
+                return fn(*args)
+            except sqlite3.DatabaseError as exc:
+                reason = repair.corruption_reason(exc)
+                if reason is None:
+                    raise
+                error = str(exc)
+            finally:
+                self._gate.leave()
+            if repaired:
+                raise StoreUnavailable(f"cache store still damaged after its repair: {error}")
+            self._recover(generation, reason, error, operation)
+            repaired = True
+
+    def quarantine_usage(self) -> repair.QuarantineUsage:
+        """Damaged stores kept under <directory>/quarantine and their bytes (walked when it changed)."""
+        try:
+            st = os.stat(self.directory / repair.QUARANTINE)
+        except OSError:
+            return repair.QuarantineUsage(0, 0)
+        key = (st.st_ino, st.st_mtime_ns)
+        now = time.monotonic()
+        with self._lock:
+            memo = self._quarantine_memo
+        if memo is not None and memo[0] == key and now - memo[1] < 300:
+            return memo[2]
+        usage = repair.quarantine_usage(self.directory)
+        with self._lock:
+            self._quarantine_memo = (key, now, usage)
+        return usage
+
+    # --- the public calls: each one guarded (see _guarded) ----------------------------------------
+
+    def get(self, namespace: str, key: str, fingerprint: bytes) -> GetResult:
+        """HIT with the value when the stored fingerprint equals `fingerprint`; else STALE or MISS."""
+        return self._guarded("get", self._get, namespace, key, fingerprint)
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        fingerprint: bytes,
+        scopes: Sequence[str] = (),
+        ttl: float | None = None,
+    ) -> bool:
+        """Store an entry; False when it is too large to be worth a place (see MAX_ENTRY_SHARE)."""
+        return self._guarded("put", self._put, namespace, key, value, fingerprint, scopes, ttl)
+
+    def invalidate(self, path_prefix: str) -> int:
+        """Delete every content/search entry with a scope that contains or lies beneath the prefix."""
+        return self._guarded("invalidate", self._invalidate, path_prefix)
+
+    def get_session(self, session_id: str) -> Session | None:
+        return self._guarded("session_get", self._get_session, session_id)
+
+    def append_session(
+        self,
+        session_id: str,
+        messages_json: Sequence[str],
+        max_messages: int = 0,
+        ttl: float | None = None,
+    ) -> Session:
+        """Append messages atomically; keeps the newest `max_messages` (0 keeps all)."""
+        return self._guarded("session_append", self._append_session, session_id, messages_json, max_messages, ttl)
+
+    def delete_session(self, session_id: str) -> bool:
+        return self._guarded("session_delete", self._delete_session, session_id)
+
+    def clear(self, namespace: str | None = None) -> int:
+        """Remove every entry of one namespace, or of the whole store; returns how many."""
+        return self._guarded("clear", self._clear, namespace)
+
+    def stats(self) -> Stats:
+        """Live entries and bytes per namespace, hits/misses since start, volume and limit."""
+        return self._guarded("stats", self._stats)
+
+    def volume(self) -> int:
+        return self._guarded("volume", self._volume_now)
 
     # --- counters ------------------------------------------------------------------------------
 
@@ -282,7 +665,7 @@ class CacheStore:
 
     # --- content and search --------------------------------------------------------------------
 
-    def get(self, namespace: str, key: str, fingerprint: bytes) -> GetResult:
+    def _get(self, namespace: str, key: str, fingerprint: bytes) -> GetResult:
         """HIT with the value when the stored fingerprint equals `fingerprint`; else STALE or MISS.
 
         A STALE entry is deleted, but only if it is still stale under the write lock: another
@@ -317,7 +700,7 @@ class CacheStore:
         self._count(namespace, False)
         return GetResult(STALE)
 
-    def put(
+    def _put(
         self,
         namespace: str,
         key: str,
@@ -339,7 +722,7 @@ class CacheStore:
         self._cache.set(_full_key(namespace, key), data, expire=expire, tag=namespace)
         return True
 
-    def invalidate(self, path_prefix: str) -> int:
+    def _invalidate(self, path_prefix: str) -> int:
         """Delete every content/search entry with a scope that contains or lies beneath the prefix.
 
         "" or "." means every entry. Returns how many entries were removed.
@@ -358,14 +741,14 @@ class CacheStore:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def get_session(self, session_id: str) -> Session | None:
+    def _get_session(self, session_id: str) -> Session | None:
         check_session_id(session_id)
         raw = self._cache.get(_full_key(SESSIONS, session_id))
         session = self._decode_session(session_id, raw)
         self._count(SESSIONS, session is not None)
         return session
 
-    def append_session(
+    def _append_session(
         self,
         session_id: str,
         messages_json: Sequence[str],
@@ -395,7 +778,7 @@ class CacheStore:
             )
         return session
 
-    def delete_session(self, session_id: str) -> bool:
+    def _delete_session(self, session_id: str) -> bool:
         check_session_id(session_id)
         return bool(self._cache.delete(_full_key(SESSIONS, session_id)))
 
@@ -414,14 +797,14 @@ class CacheStore:
 
     # --- maintenance ---------------------------------------------------------------------------
 
-    def clear(self, namespace: str | None = None) -> int:
+    def _clear(self, namespace: str | None = None) -> int:
         """Remove every entry of one namespace, or of the whole store; returns how many."""
         if namespace:
             check_namespace(namespace)
             return int(self._cache.evict(namespace))
         return int(self._cache.clear())
 
-    def stats(self) -> Stats:
+    def _stats(self) -> Stats:
         """Live entries and bytes per namespace, hits/misses since start, volume and limit.
 
         Aggregates come from one read-only SQL query on diskcache's own `Cache` table (its schema
@@ -457,7 +840,7 @@ class CacheStore:
             directory=str(self.directory),
         )
 
-    def volume(self) -> int:
+    def _volume_now(self) -> int:
         with self._reader() as con:
             return self._volume(con)
 
@@ -478,6 +861,7 @@ class CacheStore:
         """
         con = sqlite3.connect(self._db_path, timeout=self._timeout, isolation_level=None)
         con.execute("PRAGMA query_only = 1")
+        con.execute("PRAGMA mmap_size = 0")  # see the sqlite_mmap_size setting
         return closing(con)
 
     def _scan_scopes(self) -> Iterator[tuple[str, tuple[str, ...]]]:
@@ -502,7 +886,7 @@ class CacheStore:
         self, con: sqlite3.Connection, key: str, filename: str | None, head: bytes | None
     ) -> tuple[str, ...] | None:
         if filename is not None:
-            with open(self.directory / filename, "rb") as fh:
+            with open(self._store_dir / filename, "rb") as fh:
                 head = fh.read(_HEAD_BYTES)
                 parsed = _scopes_from_head(head)
                 if isinstance(parsed, int):
