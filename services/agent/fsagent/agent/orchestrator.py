@@ -32,6 +32,10 @@ UNKNOWN_TOOL = "unknown"
 SANDBOX_UNAVAILABLE = "sandbox_unavailable"
 TOOL_TIMEOUT = "tool_timeout"
 MIN_CALL_SECONDS = 0.05
+# A call refused with UNAVAILABLE is tried once more, waiting this long for the channel to connect:
+# a restarted sandbox is reached again within the channel's reconnect backoff (2 s at most,
+# grpcutil.CHANNEL_OPTIONS). Every tool is read-only, so a second try is harmless.
+RECONNECT_WAIT = 2.0
 
 
 @dataclass(slots=True)
@@ -109,16 +113,21 @@ class ToolOrchestrator:
     async def _execute(self, call: ToolCallRequest, deadline: float | None = None) -> ToolRun:
         async with self.semaphore:
             started = time.perf_counter()
-            timeout, cut = self.deadline, False
+            timeout, cut, reconnecting = self.deadline, False, False
             if deadline is not None and deadline - time.monotonic() < timeout:
                 timeout, cut = max(0.0, deadline - time.monotonic()), True
             try:
                 if timeout < MIN_CALL_SECONDS:
                     raise _NoTimeLeft
-                reply = await self.stub.Execute(
-                    sandbox_pb2.ExecuteRequest(tool=call.name, arguments_json=call.arguments_json),
-                    timeout=timeout,
-                )
+                request = sandbox_pb2.ExecuteRequest(tool=call.name, arguments_json=call.arguments_json)
+                try:
+                    reply = await self.stub.Execute(request, timeout=timeout)
+                except grpc.aio.AioRpcError as exc:
+                    left = timeout - (time.perf_counter() - started)
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or left < MIN_CALL_SECONDS:
+                        raise
+                    reconnecting = True
+                    reply = await self.stub.Execute(request, timeout=min(RECONNECT_WAIT, left), wait_for_ready=True)
                 outcome = agent_pb2.ToolOutcome(
                     success=not reply.error,
                     stdout=reply.stdout,
@@ -132,7 +141,9 @@ class ToolOrchestrator:
                     duration_seconds=reply.duration_seconds,
                 )
             except (grpc.aio.AioRpcError, _NoTimeLeft) as exc:
-                if isinstance(exc, _NoTimeLeft) or (cut and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                if reconnecting:  # refused, then not reachable again in time
+                    error, code = "sandbox unavailable: the sandbox service cannot be reached", SANDBOX_UNAVAILABLE
+                elif isinstance(exc, _NoTimeLeft) or (cut and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
                     error, code = "the chat's time limit ran out before the tool finished", TOOL_TIMEOUT
                 else:
                     error, code = f"sandbox unavailable: {_rpc_reason(exc, timeout)}", SANDBOX_UNAVAILABLE

@@ -384,6 +384,7 @@ class OpenAIChatProvider(LLMProvider):
         model = self.model
         finish_reason = ""
         chunks = 0
+        content_type = ""
 
         def read_timeout() -> tuple[float, bool]:
             # Each read waits at most FSAGENT_LLM_TIMEOUT, and never past the turn's deadline.
@@ -401,6 +402,9 @@ class OpenAIChatProvider(LLMProvider):
                     timeout=seconds,
                 )
             async with stream:
+                content_type = str(getattr(getattr(stream, "response", None), "headers", {}).get("content-type", ""))
+                if content_type.startswith("text/html"):
+                    raise malformed("an HTML page instead of an event stream")
                 chunk_iter = stream.__aiter__()
                 while True:
                     wait, by_budget = read_timeout()
@@ -436,7 +440,11 @@ class OpenAIChatProvider(LLMProvider):
         ]
         if not text and not calls and not finish_reason:
             # An HTML page or an empty body answered with 200: no event at all, or none with choices.
-            raise malformed("the stream ended without a reply" if chunks else "no stream events")
+            if chunks:
+                raise malformed("the stream ended without a reply")
+            kind = content_type.split(";")[0].strip()
+            raise malformed(f"{kind} instead of an event stream" if kind and kind != "text/event-stream"
+                            else "no stream events")
         yield AssistantTurn(
             content="".join(text),
             tool_calls=calls,
