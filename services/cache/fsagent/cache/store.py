@@ -396,13 +396,12 @@ class CacheStore:
             with repair.directory_lock(self.directory, exclusive=False):
                 store_dir = self._resolve()
                 ident = _ident(store_dir / DBNAME)
-                wal = repair.wal_damage(store_dir / (DBNAME + "-wal"))
-                if wal is not None:
-                    cache, damage = None, (repair.REASON_DAMAGED_WAL, wal)
-                else:
-                    cache, damage = self._try_open(store_dir)
-            if damage is None:
+                # Judged before diskcache opens it (and writes its settings): a damaged store is
+                # quarantined exactly as it was found.
+                cache = None
                 damage = self._check(store_dir)
+                if damage is None:
+                    cache, damage = self._try_open(store_dir)
             if damage is None:
                 assert cache is not None
                 self._install(cache, store_dir)
@@ -431,10 +430,20 @@ class CacheStore:
             return None, (reason, str(exc))
 
     def _check(self, store_dir: Path) -> tuple[str, str] | None:
-        """`PRAGMA quick_check` (every page of every b-tree; ~0.5 s per 500 MB) of a store just opened."""
+        """What is wrong with the store in `store_dir` (reason, error), before anything writes to it.
+
+        Its write-ahead log's header, then `PRAGMA quick_check` (every page of every b-tree, ~0.5 s
+        per 500 MB) on a read-only connection, which never checkpoints or changes a file.
+        """
+        wal = repair.wal_damage(store_dir / (DBNAME + "-wal"))
+        if wal is not None:
+            return repair.REASON_DAMAGED_WAL, wal
+        db = store_dir / DBNAME
+        if not db.is_file() or db.stat().st_size == 0:
+            return None  # nothing stored yet
         try:
-            with closing(sqlite3.connect(str(store_dir / DBNAME), timeout=self._timeout, isolation_level=None)) as con:
-                con.execute("PRAGMA query_only = 1")
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=self._timeout, isolation_level=None)
+            with closing(con):
                 con.execute("PRAGMA mmap_size = 0")
                 rows = con.execute("PRAGMA quick_check(1)").fetchall()
         except sqlite3.DatabaseError as exc:
