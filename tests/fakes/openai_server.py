@@ -178,6 +178,12 @@ def _tool_calls(reply: Reply) -> list[dict[str, Any]]:
 
 def _make_handler(fake: ScriptedOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietHandler):
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # the client gave up (a timeout, a dropped-connection fault): nothing to answer
+
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             path = self.path.split("?")[0]
             if not (path.endswith("/chat/completions")):

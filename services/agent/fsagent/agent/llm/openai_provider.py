@@ -254,7 +254,7 @@ class OpenAIChatProvider(LLMProvider):
         return (self.timeout, False) if self.timeout <= left else (left, True)
 
     def _timeout_error(self, seconds: float, by_budget: bool) -> LLMError:
-        limit = "the chat's time limit (FSAGENT_CHAT_TIMEOUT)" if by_budget else "FSAGENT_LLM_TIMEOUT"
+        limit = "what was left of the chat's time limit, FSAGENT_CHAT_TIMEOUT" if by_budget else "FSAGENT_LLM_TIMEOUT"
         return LLMError("timeout", f"the LLM endpoint did not answer within {seconds:.3g}s ({limit})")
 
     async def _may_retry(self, error: LLMError, attempt: int, deadline: float | None) -> bool:
@@ -322,8 +322,9 @@ class OpenAIChatProvider(LLMProvider):
     def _turn(self, response: Any) -> AssistantTurn:
         """The AssistantTurn of a non-streaming reply, or an LLMError when it is not one."""
         if isinstance(response, str):  # the SDK hands back a body that is not JSON as text
-            return_kind = "an HTML page" if response.lstrip().startswith("<") else "text"
-            raise malformed(f"{return_kind} instead of JSON")
+            text = response.lstrip()
+            kind = "an HTML page" if text.startswith("<") else "text" if text else "an empty body"
+            raise malformed(f"{kind} instead of JSON")
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise malformed("no choices")
