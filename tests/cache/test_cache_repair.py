@@ -429,3 +429,38 @@ async def test_processes_sharing_the_directory_repair_it_once_and_both_move_to_t
     finally:
         a.kill()
         b.kill()
+
+
+async def test_a_process_that_did_not_see_the_damage_writes_to_the_fresh_store(tmp_path: Path) -> None:
+    """B sat idle while A repaired: its next write lands in the store A serves, not in the quarantine."""
+    cache_dir = tmp_path / "cache"
+    a = CacheProcess(cache_dir, tmp_path / "a.log")
+    b = CacheProcess(cache_dir, tmp_path / "b.log")
+    try:
+        await a.wait_serving()
+        await b.wait_serving()
+        await fill(a.address)
+        assert await sessions_served(b.address) == SESSIONS  # B has the old store open and read it all
+        checkpoint(cache_dir)
+        header = (cache_dir / "cache.db").read_bytes()[:100]
+        damage_header(cache_dir)
+        await use_everything(a.address)
+        assert len(repair_lines(a)) == 1 and len(quarantined(cache_dir)) == 1
+        # Make the quarantined copy readable again: B, whose connections still point at it, meets no
+        # damage at all; only noticing that its store was replaced keeps B's writes from landing there.
+        overwrite(quarantined(cache_dir)[0] / "cache.db", 0, header)
+
+        async with grpcutil.channel(a.address) as ca, grpcutil.channel(b.address) as cb:
+            written = await cache_pb2_grpc.CacheStub(cb).AppendSession(
+                pb.AppendSessionRequest(session_id="from-b", messages_json=['{"role": "user"}']))
+            assert written.exists
+            seen = await cache_pb2_grpc.CacheStub(ca).GetSession(pb.GetSessionRequest(session_id="from-b"))
+            assert seen.exists and list(seen.messages_json) == ['{"role": "user"}']
+        assert await sessions_served(b.address) == await sessions_served(a.address)
+        assert not repair_lines(b)
+        assert any(line["msg"] == "cache store replaced by another process; using the new one"
+                   for line in b.log_lines()), b.log_text()
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        a.kill()
+        b.kill()
