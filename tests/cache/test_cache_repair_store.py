@@ -219,3 +219,27 @@ async def test_a_repair_that_cannot_be_done_answers_unavailable_then_tries_again
     assert reply.exists and list(reply.messages_json) == body("kept")
     assert len(repair_dirs := list((cache_dir / "quarantine").iterdir())) == 1, repair_dirs
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_check_reads_every_page_and_repairs_what_the_start_did_not_see(make_store: StoreFactory, cache_dir: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    store = make_store()
+    live = fill(store)
+    assert store.check() is True
+    con = sqlite3.connect(cache_dir / "cache.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    store.close()
+    pages = (cache_dir / "cache.db").stat().st_size // 4096
+    with open(cache_dir / "cache.db", "r+b") as fh:
+        fh.seek(pages // 2 * 4096)
+        fh.write(os.urandom(3 * 4096))
+    caplog.set_level(logging.INFO)
+    reopened = make_store()  # header and schema are fine: it opens on the damaged store
+    assert reopened.store_directory == cache_dir.resolve()
+    assert reopened.check() is False
+    assert reopened.store_directory.name.startswith("store-")
+    assert {sid: reopened.get_session(sid).messages for sid in live} == live  # type: ignore[union-attr]
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("cache store damaged")]
+    assert line.detected_by == "check" and line.reason == "malformed"  # type: ignore[attr-defined]
+    assert reopened.check() is True

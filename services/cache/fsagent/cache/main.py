@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Sequence
 
 import grpc
 
 from fsagent.cache import metrics as cache_metrics
 from fsagent.cache.server import add_to_server
-from fsagent.cache.store import CacheStore
+from fsagent.cache.store import CacheStore, StoreUnavailable
 from fsagent.common import lifecycle
 from fsagent.common.settings import Settings, get_settings
 
@@ -19,8 +21,26 @@ SERVICE = "cache"
 GRPC_SERVICE = "fsagent.v1.Cache"
 
 
+def check_store(store: CacheStore) -> None:
+    """Read every page of the store once, while the service already serves (a damaged one is
+    repaired and logged by the store itself)."""
+    started = time.monotonic()
+    try:
+        healthy = store.check()
+    except StoreUnavailable:
+        return
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run must not stop the service
+        log.warning("cache store check could not run", extra={"error": repr(exc)})
+        return
+    if healthy:
+        log.info("cache store checked: every page readable",
+                 extra={"seconds": round(time.monotonic() - started, 3), "store": str(store.store_directory)})
+
+
 async def setup(server: grpc.aio.Server, settings: Settings) -> Sequence[lifecycle.Cleanup]:
     """Open the store, register the servicer and the size gauges; return the cleanups."""
+    # Damage to the store's header, schema or write-ahead log is found and repaired here, before
+    # serving; damage to any other page by the check below, or by the first call that reads it.
     store = CacheStore.from_settings(settings)
     servicer = add_to_server(server, store)
     cache_metrics.bind_store(store)
@@ -35,6 +55,8 @@ async def setup(server: grpc.aio.Server, settings: Settings) -> Sequence[lifecyc
             "session_ttl": settings.session_ttl,
         },
     )
+
+    threading.Thread(target=check_store, args=(store,), name="cache-store-check", daemon=True).start()
 
     async def close() -> None:
         cache_metrics.bind_store(None)

@@ -19,8 +19,9 @@ entry (STALE). `invalidate(prefix)` drops every content/search entry whose scope
 beneath the prefix. Eviction is least-recently-used over the whole store at `size_limit`.
 
 Damage: every public method runs through `_guarded`. When SQLite says the database file is damaged
-(at start, where the store is also checked with `PRAGMA quick_check`, or in any later call), the
-store is repaired once: the damaged files go to <directory>/quarantine/<UTC timestamp>/, a fresh
+(at start, where the write-ahead log's header, the database header and the schema are checked
+before diskcache writes anything; in `check`, a full `PRAGMA quick_check` the service runs in the
+background once it serves; or in any later call), the store is repaired once: the damaged files go to <directory>/quarantine/<UTC timestamp>/, a fresh
 store is made in a new directory <directory>/store-<UTC timestamp>/, the sessions SQLite (or the
 pages themselves) can still give are copied into it (repair.py), and the call is retried there.
 A new path rather than a new file at the old one: a connection still open on the damaged files
@@ -33,6 +34,7 @@ they opened is gone), then open the new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -335,6 +337,8 @@ class CacheStore:
         self._unavailable: str | None = None
         self._retry_at = 0.0
         self._quarantine_memo: tuple[tuple[int, int], float, repair.QuarantineUsage] | None = None
+        self._pins: list[sqlite3.Connection] = []
+        self._start_pin: sqlite3.Connection | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
             self._open("start")
@@ -369,6 +373,10 @@ class CacheStore:
         cache = self._cache
         if cache is not None:
             cache.close()
+        self._unpin_start()
+        pins, self._pins = self._pins, []
+        for pin in pins:
+            pin.close()
 
     # --- opening, damage and repair ------------------------------------------------------------
 
@@ -401,6 +409,7 @@ class CacheStore:
                 cache = None
                 damage = self._check(store_dir)
                 if damage is None:
+                    self._pin_until_checked(store_dir)
                     cache, damage = self._try_open(store_dir)
             if damage is None:
                 assert cache is not None
@@ -432,8 +441,10 @@ class CacheStore:
     def _check(self, store_dir: Path) -> tuple[str, str] | None:
         """What is wrong with the store in `store_dir` (reason, error), before anything writes to it.
 
-        Its write-ahead log's header, then `PRAGMA quick_check` (every page of every b-tree, ~0.5 s
-        per 500 MB) on a read-only connection, which never checkpoints or changes a file.
+        Cheap, so that a start is not delayed by the store's size: the write-ahead log's header, then
+        on a read-only connection (which never checkpoints or changes a file) the database header,
+        the schema and diskcache's Settings table. A damaged page elsewhere is found by `check` or by
+        the first call that reads it.
         """
         wal = repair.wal_damage(store_dir / (DBNAME + "-wal"))
         if wal is not None:
@@ -442,19 +453,83 @@ class CacheStore:
         if not db.is_file() or db.stat().st_size == 0:
             return None  # nothing stored yet
         try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=self._timeout, isolation_level=None)
-            with closing(con):
-                con.execute("PRAGMA mmap_size = 0")
-                rows = con.execute("PRAGMA quick_check(1)").fetchall()
+            with closing(self._read_only(db)) as con:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+                if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'Settings'").fetchone():
+                    con.execute("SELECT key, value FROM Settings").fetchall()
         except sqlite3.DatabaseError as exc:
             reason = repair.corruption_reason(exc)
             if reason is None:
                 raise
             return reason, str(exc)
-        if rows != [("ok",)]:
-            first = str(rows[0][0]).strip().splitlines() if rows else []
-            return repair.REASON_MALFORMED, "quick_check: " + (first[-1] if first else "no answer")
         return None
+
+    def _read_only(self, db: Path) -> sqlite3.Connection:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=self._timeout, isolation_level=None,
+                              check_same_thread=False)
+        con.execute("PRAGMA mmap_size = 0")
+        return con
+
+    def _pin(self, db: Path) -> sqlite3.Connection | None:
+        """A read-only connection that has read the database, so holds SQLite's shared lock on it
+        for as long as it stays open (WAL mode). While it is open no other connection is the last
+        one, and the last one to close folds the WAL into the database file (diskcache closes its
+        first connection as soon as it has opened the store). Being read-only it never does."""
+        try:
+            con = self._read_only(db)
+        except sqlite3.Error:
+            return None
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        return con
+
+    def _pin_until_checked(self, store_dir: Path) -> None:
+        """Keep the store's database file as found until `check` has read every page of it."""
+        self._unpin_start()
+        db = store_dir / DBNAME
+        if db.is_file() and db.stat().st_size:
+            self._start_pin = self._pin(db)
+
+    def _unpin_start(self) -> None:
+        pin, self._start_pin = self._start_pin, None
+        if pin is not None:
+            pin.close()
+
+    def check(self) -> bool:
+        """Read every page of the current store (`PRAGMA quick_check`); repair it when damaged.
+
+        ~0.5 s per 500 MB from the page cache, ~10 s from a slow disk: the service runs it in the
+        background once it serves. Calls go on meanwhile (a read-only connection of its own, no
+        lock held). True when the store was healthy.
+        """
+        try:
+            with self._gate_shared():
+                generation, db = self._generation, Path(self._db_path)
+            try:
+                with closing(self._read_only(db)) as con:
+                    rows = con.execute("PRAGMA quick_check(1)").fetchall()
+            except sqlite3.DatabaseError as exc:
+                reason = repair.corruption_reason(exc)
+                if reason is None:
+                    raise
+                damage = (reason, str(exc))
+            else:
+                if rows == [("ok",)]:
+                    return True
+                first = str(rows[0][0]).strip().splitlines() if rows else []
+                damage = (repair.REASON_MALFORMED, "quick_check: " + (first[-1] if first else "no answer"))
+            self._recover(generation, *damage, "check")
+            return False
+        finally:
+            self._unpin_start()
+
+    @contextmanager
+    def _gate_shared(self) -> Iterator[None]:
+        self._enter()
+        try:
+            yield
+        finally:
+            self._gate.leave()
 
     def _install(self, cache: diskcache.Cache, store_dir: Path) -> None:
         self._cache = cache
@@ -485,6 +560,12 @@ class CacheStore:
         except OSError as exc:
             kept, not_moved = None, str(exc)
         source = kept or store_dir
+        if kept is not None:
+            # Held for the life of the process, so the connections still open on the damaged files
+            # (closed just below) leave them as they were found (see _pin).
+            pin = self._pin(kept / DBNAME)
+            if pin is not None:
+                self._pins.append(pin)
         try:
             salvage = repair.salvage_sessions(source, now=time.time(), max_value_bytes=self.max_entry_bytes)
         except Exception as exc:  # noqa: BLE001 - a salvage that fails must not stop the repair
@@ -504,7 +585,8 @@ class CacheStore:
         old = self._cache
         self._install(fresh, fresh_dir)
         if old is not None:
-            old.close()  # this thread's connection; the other threads' close with the object
+            old.close()  # this thread's connection; the other threads' close with the object, now
+            del old
         seconds = round(time.monotonic() - started, 3)
         report = {
             "detected_at": stamp,
