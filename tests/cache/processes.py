@@ -84,7 +84,8 @@ class CacheProcess:
         return None
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def log_lines(self) -> list[dict[str, Any]]:

@@ -480,3 +480,39 @@ async def test_a_process_that_did_not_see_the_damage_writes_to_the_fresh_store(t
     finally:
         a.kill()
         b.kill()
+
+
+async def test_deleting_the_quarantine_while_serving_gives_its_space_back(tmp_path: Path) -> None:
+    """docs/cache.md: delete quarantine/<timestamp> at any time; the gauge (and the alert) drop, and
+    the service lets go of the files, so the disk space is really freed."""
+    cache_dir = tmp_path / "cache"
+    first = CacheProcess(cache_dir, tmp_path / "first.log")
+    try:
+        await first.wait_serving()
+        await fill(first.address)
+        assert first.stop() == 0
+    finally:
+        first.kill()
+    checkpoint(cache_dir)
+    damage_header(cache_dir)
+    proc = CacheProcess(cache_dir, tmp_path / "cache.log")
+    try:
+        await proc.wait_serving()
+        (kept,) = quarantined(cache_dir)
+
+        def open_in_quarantine() -> list[str]:
+            fds = Path(f"/proc/{proc.proc.pid}/fd")
+            where = str((cache_dir / "quarantine").resolve())
+            return [target for fd in fds.iterdir() if (target := os.readlink(fd)).startswith(where)]
+
+        assert open_in_quarantine(), "a read-only handle keeps the damaged files as found"
+        assert proc.metric("fsagent_cache_quarantined_stores") == 1
+        shutil.rmtree(kept)
+        assert proc.metric("fsagent_cache_quarantined_stores") == 0
+        assert proc.metric("fsagent_cache_quarantine_bytes") == 0
+        assert open_in_quarantine() == []
+        assert await sessions_served(proc.address) == SESSIONS
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
+    assert "Traceback" not in proc.log_text()

@@ -337,7 +337,8 @@ class CacheStore:
         self._unavailable: str | None = None
         self._retry_at = 0.0
         self._quarantine_memo: tuple[tuple[int, int], float, repair.QuarantineUsage] | None = None
-        self._pins: list[sqlite3.Connection] = []
+        # Read-only handles on quarantined databases (see _pin), dropped once the files are deleted.
+        self._pins: list[tuple[Path, sqlite3.Connection]] = []
         self._start_pin: sqlite3.Connection | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -374,8 +375,9 @@ class CacheStore:
         if cache is not None:
             cache.close()
         self._unpin_start()
-        pins, self._pins = self._pins, []
-        for pin in pins:
+        with self._lock:
+            pins, self._pins = self._pins, []
+        for _path, pin in pins:
             pin.close()
 
     # --- opening, damage and repair ------------------------------------------------------------
@@ -565,7 +567,8 @@ class CacheStore:
             # (closed just below) leave them as they were found (see _pin).
             pin = self._pin(kept / DBNAME)
             if pin is not None:
-                self._pins.append(pin)
+                with self._lock:
+                    self._pins.append((kept / DBNAME, pin))
         try:
             salvage = repair.salvage_sessions(source, now=time.time(), max_value_bytes=self.max_entry_bytes)
         except Exception as exc:  # noqa: BLE001 - a salvage that fails must not stop the repair
@@ -696,6 +699,10 @@ class CacheStore:
         usage = repair.quarantine_usage(self.directory)
         with self._lock:
             self._quarantine_memo = (key, now, usage)
+            deleted = [pin for path, pin in self._pins if not path.exists()]
+            self._pins = [(path, pin) for path, pin in self._pins if path.exists()]
+        for pin in deleted:
+            pin.close()  # someone deleted that quarantine: let the disk space go
         return usage
 
     # --- the public calls: each one guarded (see _guarded) ----------------------------------------
