@@ -236,12 +236,14 @@ def repair_lines(proc: CacheProcess) -> list[dict[str, object]]:
     return [line for line in lines if line["msg"] == REPAIRED]
 
 
-async def wait_repaired(proc: CacheProcess, timeout: float = 20.0) -> None:
+async def wait_repaired(proc: CacheProcess, timeout: float = 20.0) -> float:
+    """Seconds until the process had repaired its store."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    started = loop.time()
     while sum(proc.metric("fsagent_cache_store_repairs_total", reason=r) or 0 for r in REASONS) < 1:
-        assert loop.time() < deadline, proc.log_text()
-        await asyncio.sleep(0.1)
+        assert loop.time() - started < timeout, proc.log_text()
+        await asyncio.sleep(0.02)
+    return loop.time() - started
 
 
 def check_repaired_once(proc: CacheProcess, cache_dir: Path, reasons: tuple[str, ...], recovered: int) -> Path:
@@ -305,7 +307,7 @@ async def test_a_store_damaged_while_stopped_is_repaired_at_start(damage: Damage
         seconds = await second.wait_serving()
         # Header, schema and WAL damage is repaired before serving; a damaged page elsewhere by the
         # check that reads every page once the service serves (or the first call that reads it).
-        await wait_repaired(second)
+        after = await wait_repaired(second)
         served = await sessions_served(second.address)
         kept = check_repaired_once(second, cache_dir, REASONS, len(served))
         # The damaged store, byte for byte, value files included; nothing of it left in place.
@@ -323,7 +325,9 @@ async def test_a_store_damaged_while_stopped_is_repaired_at_start(damage: Damage
             assert readable == {} and served == SESSIONS  # read from the pages: SQLite reads none
         if damage.name in ("middle_pages", "garbage_wal"):
             assert readable, "the damage left sessions SQLite can read"
-        print(f"\n{damage.name}: serving after {seconds:.2f}s, sessions {len(served)}/{len(SESSIONS)} "
+        (line,) = repair_lines(second)
+        print(f"\n{damage.name}: serving after {seconds:.2f}s, repaired by {line['detected_by']} "
+              f"(+{after:.2f}s, repair {line['seconds']}s), sessions {len(served)}/{len(SESSIONS)} "
               f"(SQLite alone: {len(readable)})")
         await still_works(second.address)
         assert second.stop() == 0
@@ -395,8 +399,9 @@ async def test_a_store_damaged_while_serving_is_repaired_and_serving_goes_on(dam
         assert all(served[sid] == SESSIONS[sid] for sid in served)
         if damage.name in ("header", "schema_page", "middle_pages"):
             assert served == SESSIONS
-        print(f"\n{damage.name} while serving: codes {codes}, sessions {len(served)}/{len(SESSIONS)} "
-              f"(SQLite alone: {len(readable)})")
+        (line,) = repair_lines(proc)
+        print(f"\n{damage.name} while serving: codes {codes}, found by {line['detected_by']}, repair "
+              f"{line['seconds']}s, sessions {len(served)}/{len(SESSIONS)} (SQLite alone: {len(readable)})")
         await still_works(proc.address)
         assert proc.stop() == 0
     finally:

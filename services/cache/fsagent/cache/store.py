@@ -322,7 +322,7 @@ class CacheStore:
             # ours are per process, in memory.
             "statistics": False,
             # No memory-mapped reads: SQLite maps the database file, and a file truncated under a
-            # mapping kills the process with SIGBUS. Reads through the page cache cost ~15 us more
+            # mapping kills the process with SIGBUS. Reads through the page cache cost ~20 us more
             # per call; a damaged (truncated) store then fails with an error and is repaired.
             "sqlite_mmap_size": 0,
         }
