@@ -208,7 +208,8 @@ def agent_dashboard() -> db.Dashboard:
         .with_panel(timeseries("Tool batches: parallel vs sequential", [q(f"sum by (mode) (rate(fsagent_tool_batches_total{{{ag}}}[{RI}]))", "{{mode}}")], "ops", stack=True))
         .with_panel(timeseries("Langfuse span export", [q(f"sum by (result) (rate(fsagent_langfuse_export_spans_total{{{ag}}}[{RI}]))", "{{result}}")], "ops", stack=True))
         .with_panel(timeseries("Session store errors", [q(f"sum by (operation) (rate(fsagent_session_errors_total{{{ag}}}[{RI}]))", "{{operation}}")], "ops", stack=True,
-                               desc="Session loads and saves that failed; the chat still answers, without its history."))
+                               desc="Session loads and saves that failed: a failed load refuses the turn (history_unavailable), "
+                               "a failed save answers with the warning history_not_saved."))
     )
 
 

@@ -102,7 +102,8 @@ SESSION_MESSAGES = Histogram(
 )
 SESSION_ERRORS = Counter(
     "session_errors_total",
-    "Session store calls that failed (the chat still answers), by operation (load, save).",
+    "Session store calls that failed, by operation (load: the turn is refused, history_unavailable; "
+    "save: the answer says history_not_saved).",
     ["operation"],
     namespace=NAMESPACE,
 )
