@@ -254,8 +254,16 @@ def cache_dashboard() -> db.Dashboard:
             q(f"sum by (cache_namespace) (fsagent_cache_size_bytes{{{ca}}})", "{{cache_namespace}}"),
             q(f"max(fsagent_cache_size_limit_bytes{{{ca}}})", "limit"),
             q(f"max(fsagent_cache_volume_bytes{{{ca}}})", "on disk"),
+            q(f"max(fsagent_cache_quarantine_bytes{{{ca}}})", "quarantine (outside the limit)"),
         ], "bytes"))
         .with_panel(timeseries("Entries by cache namespace", [q(f"sum by (cache_namespace) (fsagent_cache_entries{{{ca}}})", "{{cache_namespace}}")], "short", stack=True))
+        .with_panel(timeseries("Damaged stores", [
+            q(f"max(fsagent_cache_quarantined_stores{{{ca}}})", "kept in quarantine"),
+            q(f"sum by (reason) (increase(fsagent_cache_store_repairs_total{{{ca}}}[{RI}]))", "repaired: {{reason}}"),
+            q(f"sum(increase(fsagent_cache_sessions_recovered_total{{{ca}}}[{RI}]))", "sessions recovered"),
+        ], "short", desc="A damaged store is moved to quarantine/ on the cache volume and replaced by a fresh one holding the "
+                         "sessions that could be read (docs/cache.md, Damage and quarantine). The alert "
+                         "FsagentCacheStoreQuarantined fires while one is kept."))
         .with_row(db.Row("Latency"))
         .with_panel(timeseries("Operation latency p95", quantiles("fsagent_cache_operation_duration_seconds_bucket", ca, by="operation", qs=(0.95,)), "s"))
         .with_panel(heat("Operation latency distribution", "fsagent_cache_operation_duration_seconds_bucket", ca, "s"))
