@@ -206,6 +206,9 @@ def agent_dashboard() -> db.Dashboard:
         .with_panel(timeseries("Tool calls by tool and status", [q(f"sum by (tool, status) (rate(fsagent_tool_executions_total{{{ag}}}[{RI}]))", "{{tool}} {{status}}")], "reqps", stack=True))
         .with_panel(timeseries("Tool latency p95 (as the agent sees it)", quantiles("fsagent_tool_execution_duration_seconds_bucket", ag, by="tool", qs=(0.95,)), "s"))
         .with_panel(timeseries("Tool batches: parallel vs sequential", [q(f"sum by (mode) (rate(fsagent_tool_batches_total{{{ag}}}[{RI}]))", "{{mode}}")], "ops", stack=True))
+        .with_panel(timeseries("Tool calls not run (caps)", [q(f"sum by (limit) (rate(fsagent_tool_calls_capped_total{{{ag}}}[{RI}]))", "{{limit}}")], "ops", stack=True,
+                               desc="Tool calls the model asked for past FSAGENT_MAX_TOOL_CALLS_PER_TURN (turn) or "
+                               "FSAGENT_MAX_TOOL_CALLS_PER_CHAT (chat): not run; the answer carries the warning tool_calls_capped."))
         .with_panel(timeseries("Langfuse span export", [q(f"sum by (result) (rate(fsagent_langfuse_export_spans_total{{{ag}}}[{RI}]))", "{{result}}")], "ops", stack=True))
         .with_panel(timeseries("Session store errors", [q(f"sum by (operation) (rate(fsagent_session_errors_total{{{ag}}}[{RI}]))", "{{operation}}")], "ops", stack=True,
                                desc="Session loads and saves that failed: a failed load refuses the turn (history_unavailable), "

@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     max_concurrent_tools: int = Field(
         5, ge=1, le=64, validation_alias=_env("FSAGENT_MAX_CONCURRENT_TOOLS")
     )
+    # Tool calls one model turn may run (the rest get a "not run" result) and one chat request may
+    # run in all (then the model is asked to answer with what it has). A person never meets them.
+    max_tool_calls_per_turn: int = Field(
+        16, ge=1, le=1000, validation_alias=_env("FSAGENT_MAX_TOOL_CALLS_PER_TURN")
+    )
+    max_tool_calls_per_chat: int = Field(
+        64, ge=1, le=10000, validation_alias=_env("FSAGENT_MAX_TOOL_CALLS_PER_CHAT")
+    )
     tool_timeout: float = Field(10.0, gt=0, validation_alias=_env("FSAGENT_TOOL_TIMEOUT"))
     max_output_bytes: int = Field(
         64 * 1024, ge=1024, validation_alias=_env("FSAGENT_MAX_OUTPUT_BYTES")

@@ -10,7 +10,14 @@ nothing: an LLM failure (code `llm_<reason>`, an empty answer is `llm_upstream`)
 history cannot be read (`history_unavailable`), a sandbox that ran none of the tool calls
 (`sandbox_unavailable`), the turn's deadline running out while tools run (`tool_timeout`). A turn
 that answers despite a problem says so in `done.warnings`: `history_not_saved`,
-`tools_partially_unavailable`. Every hop gets what is left of the turn's deadline (budget.py).
+`tools_partially_unavailable`, `tool_calls_capped`. Every hop gets what is left of the turn's deadline
+(budget.py).
+
+Tool calls are capped: at most FSAGENT_MAX_TOOL_CALLS_PER_TURN of one model turn run, and at most
+FSAGENT_MAX_TOOL_CALLS_PER_CHAT in the whole chat request. A call past a cap is not run (nor shown
+as a tool_call event): the model gets a tool result saying which limit it met and how to go on;
+once the per-chat cap is reached the model is told to answer with what it has and is offered no
+more tools.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from typing import Any, AsyncIterator, Sequence
 
 from fsagent.agent import metrics
 from fsagent.agent.budget import HISTORY, LLM, SAVE, TOOLS, Budget
-from fsagent.agent.llm.base import AssistantTurn, LLMError, LLMProvider, Message, StreamDelta, Tool, ToolCallRequest, Usage
+from fsagent.agent.llm.base import (
+    TOOL_ERROR_PREFIX, AssistantTurn, LLMError, LLMProvider, Message, StreamDelta, Tool, ToolCallRequest, Usage,
+)
 from fsagent.agent.orchestrator import SANDBOX_UNAVAILABLE, TOOL_TIMEOUT, ToolOrchestrator, ToolRun
 from fsagent.agent.prompt import SYSTEM_PROMPT
 from fsagent.agent.sessions import SESSION_TIMEOUT, SessionStore, SessionStoreUnavailable, new_session_id
@@ -60,6 +69,15 @@ class _TurnState:
     model: str = ""
     reached: int = 0  # tool calls the sandbox answered (successfully or not)
     unreachable: int = 0  # tool calls that never reached it
+    ran: int = 0  # tool calls run (sent to the sandbox) in this chat
+    capped: dict[str, int] = field(default_factory=dict)  # calls not run, by limit ("turn", "chat")
+
+# error_code of the tool result of a call the agent did not run because of a cap.
+TOOL_CALL_LIMIT = "tool_call_limit"
+CHAT_CAP_REACHED = (
+    "The tool-call limit for this question ({limit}, FSAGENT_MAX_TOOL_CALLS_PER_CHAT) has been reached: no "
+    "more tools can run. Answer now with what the tool results above show, and say what could not be checked."
+)
 
 
 class Agent:
@@ -129,6 +147,7 @@ class Agent:
                     {"role": "user", "content": message},
                 ]
                 answer, outcome = "", metrics.MAX_ITERATIONS
+                tools = self.tools
                 for iteration in range(1, self.settings.max_iterations + 1):
                     state.iterations = iteration
                     yield event(status=agent_pb2.StatusEvent(message="thinking", iteration=iteration))
@@ -136,7 +155,7 @@ class Agent:
                     with self.tracer.iteration(iteration):
                         turn: AssistantTurn | None = None
                         async for item in self._call_llm(
-                            messages, stream=stream, iteration=iteration, deadline=budget.deadline
+                            messages, stream=stream, iteration=iteration, deadline=budget.deadline, tools=tools
                         ):
                             if isinstance(item, StreamDelta):
                                 yield event(token=agent_pb2.TokenEvent(text=item.text))
@@ -155,18 +174,26 @@ class Agent:
                         if iteration == self.settings.max_iterations:
                             break  # no model call left to read the results: do not run the tools
                         messages.append(turn.to_message())
-                        for call in turn.tool_calls:
+                        allowed, refused = self._cap(turn.tool_calls, state)
+                        for call in allowed:
                             proto_call = agent_pb2.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
                             state.tool_calls.append(proto_call)
                             yield event(tool_call=proto_call)
                         budget.phase = TOOLS
-                        runs = await self._run_tools(turn.tool_calls, iteration=iteration, deadline=budget.deadline)
+                        runs = await self._run_tools(allowed, iteration=iteration, deadline=budget.deadline) if allowed else []
+                        state.ran += len(allowed)
                         for run in runs:
                             result = run.to_result()
                             state.tool_results.append(result)
                             messages.append(run.to_message())
                             yield event(tool_result=result)
-                        self._check_tools(runs, state)
+                        messages.extend(refused)
+                        if runs:
+                            self._check_tools(runs, state)
+                        if tools and state.ran >= self.settings.max_tool_calls_per_chat:
+                            tools = []
+                            messages.append({"role": "system", "content": CHAT_CAP_REACHED.format(
+                                limit=self.settings.max_tool_calls_per_chat)})
                 if outcome == metrics.MAX_ITERATIONS:
                     answer = (
                         f"I stopped after {self.settings.max_iterations} model calls (the limit per question) "
@@ -220,6 +247,27 @@ class Agent:
                 if state.iterations:
                     metrics.AGENT_ITERATIONS.observe(state.iterations)
 
+    def _cap(self, calls: Sequence[ToolCallRequest], state: _TurnState) -> tuple[list[ToolCallRequest], list[Message]]:
+        """The calls of one model turn that may run, and a tool message for each one that may not."""
+        per_turn, per_chat = self.settings.max_tool_calls_per_turn, self.settings.max_tool_calls_per_chat
+        room = max(0, min(per_turn, per_chat - state.ran))
+        limit = "turn" if per_turn <= per_chat - state.ran else "chat"
+        refused = list(calls[room:])
+        if not refused:
+            return list(calls), []
+        state.capped[limit] = state.capped.get(limit, 0) + len(refused)
+        metrics.TOOL_CALLS_CAPPED.labels(limit).inc(len(refused))
+        log.warning("tool calls capped", extra={"limit": limit, "refused": len(refused), "requested": len(calls)})
+        if limit == "turn":
+            why = (f"not run: at most {per_turn} tool calls run per model turn (FSAGENT_MAX_TOOL_CALLS_PER_TURN) and "
+                   f"this turn asked for {len(calls)}. Use the results you have; if you still need this call, ask for "
+                   "it again in your next turn, fewer at a time, or use a narrower search (grep with a path) instead.")
+        else:
+            why = (f"not run: the limit of {per_chat} tool calls per question (FSAGENT_MAX_TOOL_CALLS_PER_CHAT) is "
+                   "reached. Answer with the results you have, and say what could not be checked.")
+        content = f"{TOOL_ERROR_PREFIX} [{TOOL_CALL_LIMIT}]: {why}"
+        return list(calls[:room]), [{"role": "tool", "tool_call_id": c.id, "content": content} for c in refused]
+
     @staticmethod
     def _check_tools(runs: Sequence[ToolRun], state: _TurnState) -> None:
         """Count what reached the sandbox; end the turn when an answer could only be made up."""
@@ -242,6 +290,16 @@ class Agent:
     @staticmethod
     def _warnings(state: _TurnState, saved: bool) -> list[agent_pb2.Problem]:
         warnings = []
+        if state.capped:
+            capped = sum(state.capped.values())
+            limits = " and ".join(
+                f"{n} past the {'per-turn limit (FSAGENT_MAX_TOOL_CALLS_PER_TURN)' if k == 'turn' else 'per-chat limit (FSAGENT_MAX_TOOL_CALLS_PER_CHAT)'}"
+                for k, n in sorted(state.capped.items(), reverse=True))
+            warnings.append(agent_pb2.Problem(
+                code="tool_calls_capped", component="agent",
+                message=f"{capped} tool calls the model asked for were not run ({limits}): "
+                        "the answer may be incomplete; a narrower question needs fewer",
+            ))
         if state.unreachable:
             total = state.unreachable + state.reached
             warnings.append(agent_pb2.Problem(
@@ -277,9 +335,12 @@ class Agent:
     # --- the two steps a tracer wraps --------------------------------------------------------
 
     async def _call_llm(
-        self, messages: list[Message], *, stream: bool, iteration: int, deadline: float | None = None
+        self, messages: list[Message], *, stream: bool, iteration: int, deadline: float | None = None,
+        tools: list[Tool] | None = None,
     ) -> AsyncIterator[StreamDelta | AssistantTurn]:
-        """One model call: text deltas (when streaming), then the AssistantTurn."""
+        """One model call: text deltas (when streaming), then the AssistantTurn. `tools`: what the
+        model is offered (default all; none once the per-chat tool-call cap is reached)."""
+        tools = self.tools if tools is None else tools
         provider, model = self.llm.provider, self.llm.model
         started = time.perf_counter()
         outcome = "cancelled"
@@ -287,12 +348,12 @@ class Agent:
         observation = generation.__enter__()
         try:
             if stream:
-                async for item in self.llm.stream(messages, self.tools, deadline=deadline):
+                async for item in self.llm.stream(messages, tools, deadline=deadline):
                     if isinstance(item, AssistantTurn):
                         turn = item
                     yield item
             else:
-                turn = await self.llm.complete(messages, self.tools, deadline=deadline)
+                turn = await self.llm.complete(messages, tools, deadline=deadline)
                 yield turn
             outcome = "success"
         except LLMError as exc:

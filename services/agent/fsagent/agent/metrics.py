@@ -94,6 +94,14 @@ TOOL_BATCHES = Counter(
     namespace=NAMESPACE,
 )
 
+TOOL_CALLS_CAPPED = Counter(
+    "tool_calls_capped_total",
+    "Tool calls the model asked for and the agent did not run, by the limit reached "
+    "(turn: FSAGENT_MAX_TOOL_CALLS_PER_TURN, chat: FSAGENT_MAX_TOOL_CALLS_PER_CHAT).",
+    ["limit"],
+    namespace=NAMESPACE,
+)
+
 SESSION_MESSAGES = Histogram(
     "session_messages",
     "Messages stored in a conversation session after a chat turn.",
@@ -134,6 +142,8 @@ def initialise(provider: str, model: str, tools: Iterable[str]) -> None:
             TOOL_EXECUTIONS.labels(tool, status)
     for mode in ("parallel", "sequential"):
         TOOL_BATCHES.labels(mode)
+    for limit in ("turn", "chat"):
+        TOOL_CALLS_CAPPED.labels(limit)
     for operation in ("load", "save"):
         SESSION_ERRORS.labels(operation)
     for result in ("success", "failure"):

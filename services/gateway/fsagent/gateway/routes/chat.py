@@ -2,7 +2,7 @@
 
 A reply is never a plain success when something went wrong: an answer that cannot be trusted is an
 error (the agent's typed code, errors.AGENT_ERRORS), and an answer given despite a problem carries
-`warnings` (`history_not_saved`, `tools_partially_unavailable`), listed again in the header
+`warnings` (`history_not_saved`, `tools_partially_unavailable`, `tool_calls_capped`), listed again in the header
 `X-Fsagent-Warnings`; in a stream, in the `done` event.
 """
 
@@ -74,7 +74,7 @@ class Usage(BaseModel):
 
 
 class Warning_(BaseModel):
-    code: str = Field(description="`history_not_saved`, `tools_partially_unavailable`.")
+    code: str = Field(description="`history_not_saved`, `tools_partially_unavailable`, `tool_calls_capped`.")
     message: str
     component: str = Field(description="The dependency at fault: `cache`, `sandbox`, `llm`.")
 
