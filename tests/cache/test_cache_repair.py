@@ -251,6 +251,8 @@ def check_repaired_once(proc: CacheProcess, cache_dir: Path, reasons: tuple[str,
     (kept,) = quarantined(cache_dir)
     (line,) = repair_lines(proc)
     assert line["level"] == "error" and line["quarantine"] == str(kept), line
+    # The one line: no other warning or error about it, from the store, the servicer or gRPC.
+    assert [x for x in proc.log_lines() if x["level"] not in ("debug", "info")] == [line], proc.log_text()
     assert line["reason"] in reasons and line["sessions_recovered"] == recovered, line
     counts = {reason: proc.metric("fsagent_cache_store_repairs_total", reason=reason) for reason in REASONS}
     assert sum(counts.values()) == 1 and counts[str(line["reason"])] == 1, counts
