@@ -154,6 +154,9 @@ def api_dashboard() -> db.Dashboard:
         .with_row(db.Row("Traffic"))
         .with_panel(timeseries("Requests by route", [q(f"sum by (method, route) (rate(fsagent_http_requests_total{{{gw}}}[{RI}]))", "{{method}} {{route}}")], "reqps"))
         .with_panel(timeseries("Requests by status", [q(f"sum by (status) (rate(fsagent_http_requests_total{{{gw}}}[{RI}]))", "{{status}}")], "reqps", stack=True))
+        .with_panel(timeseries("Rate limited (429 rate_limited)", [q(f"sum by (limit) (rate(fsagent_gateway_rate_limited_total{{{gw}}}[{RI}]))", "{{limit}}")], "reqps", stack=True,
+                               desc="chat: over FSAGENT_CHAT_RATE_LIMIT for one API key or address; "
+                               "auth: an address refused after FSAGENT_AUTH_FAILURE_LIMIT wrong API keys."))
         .with_panel(timeseries("5xx ratio by route", [q(ratio("fsagent_http_requests_total", five, "fsagent_http_requests_total", gw, by="route"), "{{route}}")], "percentunit"))
         .with_panel(timeseries("Requests in progress", [q(f"sum by (route) (fsagent_http_requests_in_progress{{{gw}}})", "{{route}}")], "short"))
         .with_row(db.Row("Latency"))

@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     # Comma-separated keys; when set, /api/* needs `Authorization: Bearer <key>` or `X-API-Key`.
     api_keys: str = Field("", validation_alias=_env("FSAGENT_API_KEYS"))
     cors_origins: str = Field("", validation_alias=_env("FSAGENT_CORS_ORIGINS"))
+    # Rate limits (the `limits` library's notation, e.g. "60/minute", "10/second;300/hour"; "" turns
+    # one off): chat requests per API key (per client address when keys are off), and wrong API
+    # keys per client address before that address is refused with 429. The storage is where the
+    # counters live: memory:// is per gateway process; redis://host:6379 shares them across replicas.
+    chat_rate_limit: str = Field("60/minute", validation_alias=_env("FSAGENT_CHAT_RATE_LIMIT"))
+    auth_failure_limit: str = Field("10/minute", validation_alias=_env("FSAGENT_AUTH_FAILURE_LIMIT"))
+    rate_limit_storage: str = Field("memory://", validation_alias=_env("FSAGENT_RATE_LIMIT_STORAGE"))
 
     # --- runtime -----------------------------------------------------------------------------
     log_level: str = Field("INFO", validation_alias=_env("FSAGENT_LOG_LEVEL"))

@@ -15,6 +15,7 @@ from fsagent.gateway import errors
 from fsagent.gateway.auth import require_api_key
 from fsagent.gateway.clients import Clients
 from fsagent.gateway.middleware import RequestMiddleware
+from fsagent.gateway.ratelimit import RateLimits
 from fsagent.gateway.routes import chat, documents, health, stream
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.api_keys = settings.api_key_set
+    app.state.rate_limits = RateLimits(settings)
 
     errors.install(app)
     for router in (chat.router, documents.router, stream.router):

@@ -122,13 +122,19 @@ INVALID_PATH_RESPONSE: dict[int | str, dict[str, Any]] = {
 # Documented on every /api route (FastAPI's own 422 schema would describe a shape we never send).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid API key (when keys are configured)."},
+    429: {"model": ErrorBody, "description": (
+        "`rate_limited`: too many wrong API keys from this address (FSAGENT_AUTH_FAILURE_LIMIT); see `Retry-After`."
+    )},
     422: {"model": ErrorBody, "description": "A field is missing or invalid."},
     503: {"model": ErrorBody, "description": "The agent or the sandbox is unavailable."},
 }
 
 # The chat routes' own failures (the agent's typed codes).
 CHAT_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    429: {"model": ErrorBody, "description": "`llm_rate_limited`: the LLM endpoint rate limits; see `Retry-After`."},
+    429: {"model": ErrorBody, "description": (
+        "`rate_limited`: this API key (or address) is over FSAGENT_CHAT_RATE_LIMIT; `llm_rate_limited`: "
+        "the LLM endpoint rate limits. Either way, wait `Retry-After` seconds."
+    )},
     502: {"model": ErrorBody, "description": (
         "`llm_upstream` (the LLM failed or sent a malformed or empty reply), `llm_auth` (the LLM "
         "rejected the configured key), `llm_bad_request`, `upstream_error`."

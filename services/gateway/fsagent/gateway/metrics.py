@@ -50,6 +50,16 @@ HTTP_IN_PROGRESS = Gauge(
     namespace=NAMESPACE,
 )
 
+RATE_LIMITED = Counter(
+    "gateway_rate_limited_total",
+    "Requests refused with 429 rate_limited, by limit (chat: FSAGENT_CHAT_RATE_LIMIT per API key or address; "
+    "auth: FSAGENT_AUTH_FAILURE_LIMIT wrong keys per address).",
+    ["limit"],
+    namespace=NAMESPACE,
+)
+for _limit in ("chat", "auth"):
+    RATE_LIMITED.labels(_limit)
+
 
 def method_label(method: str) -> str:
     return method if method in _METHODS else "other"

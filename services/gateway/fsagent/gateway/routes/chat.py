@@ -25,6 +25,7 @@ from fsagent.gateway.clients import UNARY_TIMEOUT, AgentDep, SettingsDep
 from fsagent.gateway import errors
 from fsagent.gateway.errors import ApiError
 from fsagent.gateway.metrics import InstrumentedRoute
+from fsagent.gateway.ratelimit import chat_rate_limit
 from fsagent.v1 import agent_pb2
 
 
@@ -207,7 +208,7 @@ SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 @router.post(
     "", response_model=ChatReply, summary="Ask a question and wait for the answer",
-    responses=errors.CHAT_ERROR_RESPONSES,
+    responses=errors.CHAT_ERROR_RESPONSES, dependencies=[Depends(chat_rate_limit)],
 )
 async def chat(req: ChatRequestDep, request: Request, agent: AgentDep, settings: SettingsDep) -> JSONResponse:
     call = agent.Chat(req, timeout=settings.chat_timeout)
@@ -281,7 +282,7 @@ def _refuse_at_once(event: agent_pb2.ChatEvent) -> ApiError | None:
         "description": "Events `status`, `token`, `tool_call`, `tool_result`, then `done` (the full "
         "chat reply, with `warnings`) or `error` (`code`, `message`, `retry_after` for a rate limit: "
         "the codes of the JSON route); every event's data is a JSON object with `session_id`.",
-    }, **errors.CHAT_ERROR_RESPONSES},
+    }, **errors.CHAT_ERROR_RESPONSES}, dependencies=[Depends(chat_rate_limit)],
 )
 async def chat_stream(
     req: ChatRequestDep, agent: AgentDep, settings: SettingsDep
