@@ -23,6 +23,7 @@ from fsagent.common.identifiers import SESSION_ID_PATTERN
 from fsagent.gateway import sse
 from fsagent.gateway.clients import UNARY_TIMEOUT, AgentDep, SettingsDep
 from fsagent.gateway import errors
+from fsagent.gateway.declared import responses
 from fsagent.gateway.errors import ApiError
 from fsagent.gateway.metrics import InstrumentedRoute
 from fsagent.gateway.ratelimit import chat_rate_limit
@@ -36,7 +37,8 @@ router = APIRouter(prefix="/api/chat", tags=["chat"], route_class=InstrumentedRo
 
 class ChatRequest(BaseModel):
     message: str = Field(
-        min_length=1, description="The question (at most FSAGENT_MAX_MESSAGE_CHARS characters)."
+        min_length=1, pattern=r"\S",
+        description="The question, not only white space (at most FSAGENT_MAX_MESSAGE_CHARS characters).",
     )
     session_id: str | None = Field(
         None, pattern=SESSION_ID_PATTERN, description="Continue this session; omit to start one."
@@ -188,6 +190,11 @@ def chat_request(
 ) -> agent_pb2.ChatRequest:
     """The validated request as the agent's message (the length limit comes from the settings)."""
     limit = settings.max_message_chars
+    if not body.message.strip():  # the agent's own rule (Python's white space, wider than the pattern's)
+        raise RequestValidationError([{
+            "loc": ("body", "message"), "type": "string_pattern_mismatch",
+            "msg": "String should not be only white space",
+        }])
     if len(body.message) > limit:
         raise RequestValidationError([{
             "loc": ("body", "message"), "type": "string_too_long",
@@ -208,7 +215,7 @@ SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 @router.post(
     "", response_model=ChatReply, summary="Ask a question and wait for the answer",
-    responses=errors.CHAT_ERROR_RESPONSES, dependencies=[Depends(chat_rate_limit)],
+    responses=responses(400, chat=True, s400="`bad_request`: the body is not JSON."), dependencies=[Depends(chat_rate_limit)],
 )
 async def chat(req: ChatRequestDep, request: Request, agent: AgentDep, settings: SettingsDep) -> JSONResponse:
     call = agent.Chat(req, timeout=settings.chat_timeout)
@@ -282,7 +289,7 @@ def _refuse_at_once(event: agent_pb2.ChatEvent) -> ApiError | None:
         "description": "Events `status`, `token`, `tool_call`, `tool_result`, then `done` (the full "
         "chat reply, with `warnings`) or `error` (`code`, `message`, `retry_after` for a rate limit: "
         "the codes of the JSON route); every event's data is a JSON object with `session_id`.",
-    }, **errors.CHAT_ERROR_RESPONSES}, dependencies=[Depends(chat_rate_limit)],
+    }, **responses(400, chat=True, s400="`bad_request`: the body is not JSON.")}, dependencies=[Depends(chat_rate_limit)],
 )
 async def chat_stream(
     req: ChatRequestDep, agent: AgentDep, settings: SettingsDep
@@ -307,8 +314,15 @@ async def _existing_session(session_id: str, agent: AgentDep) -> agent_pb2.Agent
     return session
 
 
+_SESSION_ERRORS = responses(
+    404, s404="`not_found`: no such session.",
+    s503="`session_store_unavailable` (the cache is down), `unavailable` (the agent).",
+)
+
+
 @router.get(
-    "/sessions/{session_id}", response_model=SessionInfo, summary="A session and its messages"
+    "/sessions/{session_id}", response_model=SessionInfo, summary="A session and its messages",
+    responses=_SESSION_ERRORS,
 )
 async def get_session(session_id: SessionId, agent: AgentDep) -> dict[str, Any]:
     session = await _existing_session(session_id, agent)
@@ -323,14 +337,17 @@ async def get_session(session_id: SessionId, agent: AgentDep) -> dict[str, Any]:
 
 @router.get(
     "/sessions/{session_id}/history", response_model=list[SessionMessage],
-    summary="A session's messages, oldest first",
+    summary="A session's messages, oldest first", responses=_SESSION_ERRORS,
 )
 async def get_history(session_id: SessionId, agent: AgentDep) -> list[dict[str, Any]]:
     session = await _existing_session(session_id, agent)
     return [_message_json(msg) for msg in session.messages]
 
 
-@router.delete("/sessions/{session_id}", response_model=SessionDeleted, summary="Forget a session")
+@router.delete(
+    "/sessions/{session_id}", response_model=SessionDeleted, summary="Forget a session",
+    responses=_SESSION_ERRORS,
+)
 async def delete_session(session_id: SessionId, agent: AgentDep) -> dict[str, Any]:
     request = agent_pb2.AgentSessionRequest(session_id=session_id)
     reply = await agent.ClearSession(request, timeout=UNARY_TIMEOUT)

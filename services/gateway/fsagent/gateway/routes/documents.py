@@ -10,6 +10,9 @@ them back as printed.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 from typing import Annotated, Any, AsyncIterator, Iterator
 from urllib.parse import quote, unquote_to_bytes
 
@@ -22,6 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from fsagent.common import names
 from fsagent.common.settings import Settings
 from fsagent.gateway.clients import STREAM_TIMEOUT, UNARY_TIMEOUT, SandboxDep, SettingsDep
+from fsagent.gateway.declared import responses
 from fsagent.gateway.errors import INVALID_PATH_RESPONSE, ApiError
 from fsagent.gateway.metrics import InstrumentedRoute
 from fsagent.v1 import sandbox_pb2, sandbox_pb2_grpc
@@ -47,8 +51,32 @@ class DocumentInfo(BaseModel):
 class DocumentList(BaseModel):
     path: str
     recursive: bool
-    count: int
+    count: int = Field(description="Entries on this page.")
     documents: list[DocumentInfo]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+# Pages of GET /api/documents: what a listing returns when no `limit` is given, and the most it may ask.
+LIST_LIMIT_DEFAULT = 1000
+LIST_LIMIT_MAX = 10_000
+
+
+def encode_cursor(path: str, recursive: bool, after: str) -> str:
+    raw = json.dumps({"p": path, "r": recursive, "a": after}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, path: str, recursive: bool) -> str:
+    """The `after` of a cursor from the same listing (path and recursive), else 400 invalid_cursor."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if data["p"] == path and data["r"] is recursive and isinstance(data["a"], str) and data["a"]:
+            return data["a"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        pass
+    raise ApiError(400, "invalid_cursor", "cursor is not a next_cursor of this listing (same path and recursive)")
 
 
 class DocumentContent(BaseModel):
@@ -73,6 +101,19 @@ def info_json(info: sandbox_pb2.DocumentInfo) -> dict[str, Any]:
 
 def invalid_path(exc: names.InvalidName) -> ApiError:
     return ApiError(400, names.INVALID_PATH_CODE, exc.message)
+
+
+_NAME_MAX = 255  # bytes in one part of a path: no file system here holds a longer name
+
+
+def check_nameable(path: str) -> None:
+    """A path with a part longer than any file system allows names nothing: 404, as for any
+    missing file (for reads, lists, streams and deletes; a write refuses the name with 400)."""
+    if any(len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX for part in path.split("/")):
+        raise ApiError(404, "not_found", f"no such file or directory (a part of the path is over {_NAME_MAX} bytes)")
+
+
+_WRITE_400 = INVALID_PATH_RESPONSE[400]["description"]
 
 
 def check_new_path(request: Request, path: str) -> None:
@@ -101,18 +142,30 @@ async def _write(
     return await sandbox.WriteDocument(request, timeout=UNARY_TIMEOUT)
 
 
-@router.get("", response_model=DocumentList, summary="List documents")
+@router.get(
+    "", response_model=DocumentList, summary="List documents", responses=responses(400, 403, 404)
+)
 async def list_documents(
     sandbox: SandboxDep,
     path: Annotated[
         str, Query(max_length=1024, description="Directory to list; empty for the root.")
     ] = "",
     recursive: bool = False,
+    limit: Annotated[int, Query(
+        ge=1, le=LIST_LIMIT_MAX, description=f"Entries per page (at most {LIST_LIMIT_MAX}).",
+    )] = LIST_LIMIT_DEFAULT,
+    cursor: Annotated[str, Query(
+        max_length=8192, description="`next_cursor` of the previous page; empty for the first page.",
+    )] = "",
 ) -> dict[str, Any]:
-    request = sandbox_pb2.ListDocumentsRequest(path=path, recursive=recursive)
+    check_nameable(path)
+    after = decode_cursor(cursor, path, recursive) if cursor else ""
+    request = sandbox_pb2.ListDocumentsRequest(path=path, recursive=recursive, limit=limit, after=after)
     reply = await sandbox.ListDocuments(request, timeout=UNARY_TIMEOUT)
     documents = [info_json(doc) for doc in reply.documents]
-    return {"path": path, "recursive": recursive, "count": len(documents), "documents": documents}
+    next_cursor = encode_cursor(path, recursive, reply.next_after) if reply.next_after else None
+    return {"path": path, "recursive": recursive, "count": len(documents), "documents": documents,
+            "next_cursor": next_cursor}
 
 
 # --- upload (declared before /{path:path} so that route does not shadow it) -----------------
@@ -277,7 +330,10 @@ def upload_target(path: str, filename: str) -> str:
 @router.post(
     "/upload", status_code=201, response_model=DocumentInfo, openapi_extra=_UPLOAD_OPENAPI,
     summary="Upload a file (multipart/form-data), streamed to the sandbox",
-    responses={**INVALID_PATH_RESPONSE, 413: {"description": "The file is larger than FSAGENT_MAX_FILE_SIZE."}},
+    responses=responses(
+        400, 403, 409, 413, 415, s400=_WRITE_400 + " The `path` and `overwrite` fields must come before `file`.",
+        s415="`unsupported_media_type`: the body is not multipart/form-data.",
+    ),
 )
 async def upload_document(
     request: Request, sandbox: SandboxDep, settings: SettingsDep
@@ -343,8 +399,12 @@ async def upload_document(
 
 # --- one document ----------------------------------------------------------------------------
 
-@router.get("/{path:path}", response_model=DocumentContent, summary="Read a document")
+@router.get(
+    "/{path:path}", response_model=DocumentContent, summary="Read a document",
+    responses=responses(400, 403, 404, 413, 415),
+)
 async def read_document(path: DocumentPath, sandbox: SandboxDep) -> dict[str, Any]:
+    check_nameable(path)
     request = sandbox_pb2.ReadDocumentRequest(path=path)
     reply = await sandbox.ReadDocument(request, timeout=UNARY_TIMEOUT)
     return {
@@ -355,7 +415,8 @@ async def read_document(path: DocumentPath, sandbox: SandboxDep) -> dict[str, An
 
 @router.post(
     "/{path:path}", status_code=201, response_model=DocumentInfo,
-    summary="Create a document (409 if it exists)", responses=INVALID_PATH_RESPONSE,
+    summary="Create a document (409 if it exists)",
+    responses=responses(400, 403, 409, 413, s400=_WRITE_400),
 )
 async def create_document(
     request: Request, path: DocumentPath, body: DocumentBody, sandbox: SandboxDep, settings: SettingsDep
@@ -367,7 +428,7 @@ async def create_document(
 
 @router.put(
     "/{path:path}", response_model=DocumentInfo, summary="Replace a document (404 if missing)",
-    responses=INVALID_PATH_RESPONSE,
+    responses=responses(400, 403, 404, 413, s400=_WRITE_400),
 )
 async def update_document(
     request: Request, path: DocumentPath, body: DocumentBody, sandbox: SandboxDep, settings: SettingsDep
@@ -377,8 +438,12 @@ async def update_document(
     return info_json(await _write(sandbox, settings, path, body.content, mode))
 
 
-@router.delete("/{path:path}", response_model=DocumentDeleted, summary="Delete a document")
+@router.delete(
+    "/{path:path}", response_model=DocumentDeleted, summary="Delete a document",
+    responses=responses(400, 403, 404),
+)
 async def delete_document(path: DocumentPath, sandbox: SandboxDep) -> dict[str, Any]:
+    check_nameable(path)
     request = sandbox_pb2.DeleteDocumentRequest(path=path)
     reply = await sandbox.DeleteDocument(request, timeout=UNARY_TIMEOUT)
     return {"path": reply.path or path, "deleted": True}

@@ -10,6 +10,8 @@ from sse_starlette import EventSourceResponse
 from fsagent.common import names
 from fsagent.gateway import sse
 from fsagent.gateway.clients import STREAM_TIMEOUT, SandboxDep, SettingsDep
+from fsagent.gateway.declared import DESCRIPTIONS, responses
+from fsagent.gateway.routes.documents import check_nameable
 from fsagent.gateway.metrics import InstrumentedRoute
 from fsagent.v1 import sandbox_pb2
 
@@ -21,7 +23,7 @@ _SSE = {"response_class": EventSourceResponse}
 @router.get(
     "/file/{path:path}", **_SSE,
     summary="A file's lines as `chunk` events {path, start_line, lines}, then `done` {total_lines}",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **responses(400, 403, 404, 413, 415)},
 )
 async def stream_file(
     path: Annotated[str, Path(min_length=1, max_length=1024)],
@@ -29,6 +31,7 @@ async def stream_file(
     settings: SettingsDep,
     chunk_lines: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> EventSourceResponse:
+    check_nameable(path)
     seen = {"lines": 0, "total": None}
     shown_path = names.display(names.parse(path))  # the caller's path, printed like every path
 
@@ -56,7 +59,10 @@ async def stream_file(
 @router.get(
     "/search/{path:path}", **_SSE,
     summary="Matches under a path as `match` events {path, line_number, line}, then `done` {count}",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **responses(
+        400, 403, 404, s400=DESCRIPTIONS[400] + " `invalid_argument` also for a pattern that is not a "
+        "valid regular expression (send `fixed_strings=true` for a literal).",
+    )},
 )
 async def stream_search(
     path: Annotated[
@@ -69,6 +75,7 @@ async def stream_search(
     fixed_strings: bool = False,
     max_results: Annotated[int, Query(ge=1, le=10_000)] = 200,
 ) -> EventSourceResponse:
+    check_nameable(path)
     count = [0]
 
     def render(match: sandbox_pb2.SearchMatch) -> Iterable[sse.Event]:
