@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66sagent/v1/sandbox.proto\x12\nfsagent.v1\"H\n\x0e\x45xecuteRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x10\n\x08no_cache\x18\x03 \x01(\x08\"\xcb\x01\n\x0f\x45xecuteResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\x12\x14\n\x0coutput_bytes\x18\n \x01(\x03\"\x12\n\x10ListToolsRequest\"\'\n\x11ListToolsResponse\x12\x12\n\ntools_json\x18\x01 \x01(\t\"L\n\x0c\x44ocumentInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x10\n\x08modified\x18\x04 \x01(\x01\"7\n\x14ListDocumentsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\"D\n\x15ListDocumentsResponse\x12+\n\tdocuments\x18\x01 \x03(\x0b\x32\x18.fsagent.v1.DocumentInfo\"#\n\x13ReadDocumentRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"O\n\x14ReadDocumentResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.fsagent.v1.DocumentInfo\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"Z\n\x14WriteDocumentRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.fsagent.v1.WriteMode\"%\n\x15\x44\x65leteDocumentRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"&\n\x16\x44\x65leteDocumentResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\"w\n\x0bUploadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fsagent.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.fsagent.v1.UploadEndH\x00\x42\x06\n\x04part\" \n\tUploadEnd\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x03\"A\n\x0cUploadHeader\x12\x0c\n\x04path\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.fsagent.v1.WriteMode\"6\n\x11StreamFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_lines\x18\x02 \x01(\x05\"Q\n\tFileChunk\x12\x12\n\nstart_line\x18\x01 \x01(\x03\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x13\n\x0btotal_lines\x18\x04 \x01(\x03\"u\n\x13StreamSearchRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x13\n\x0bignore_case\x18\x03 \x01(\x08\x12\x15\n\rfixed_strings\x18\x04 \x01(\x08\x12\x13\n\x0bmax_results\x18\x05 \x01(\x05\">\n\x0bSearchMatch\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bline_number\x18\x02 \x01(\x03\x12\x0c\n\x04line\x18\x03 \x01(\t*l\n\tWriteMode\x12\x1a\n\x16WRITE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11WRITE_MODE_CREATE\x10\x01\x12\x15\n\x11WRITE_MODE_UPDATE\x10\x02\x12\x15\n\x11WRITE_MODE_UPSERT\x10\x03\x32\xbf\x05\n\x07Sandbox\x12\x42\n\x07\x45xecute\x12\x1a.fsagent.v1.ExecuteRequest\x1a\x1b.fsagent.v1.ExecuteResponse\x12H\n\tListTools\x12\x1c.fsagent.v1.ListToolsRequest\x1a\x1d.fsagent.v1.ListToolsResponse\x12T\n\rListDocuments\x12 .fsagent.v1.ListDocumentsRequest\x1a!.fsagent.v1.ListDocumentsResponse\x12Q\n\x0cReadDocument\x12\x1f.fsagent.v1.ReadDocumentRequest\x1a .fsagent.v1.ReadDocumentResponse\x12K\n\rWriteDocument\x12 .fsagent.v1.WriteDocumentRequest\x1a\x18.fsagent.v1.DocumentInfo\x12W\n\x0e\x44\x65leteDocument\x12!.fsagent.v1.DeleteDocumentRequest\x1a\".fsagent.v1.DeleteDocumentResponse\x12\x45\n\x0eUploadDocument\x12\x17.fsagent.v1.UploadChunk\x1a\x18.fsagent.v1.DocumentInfo(\x01\x12\x44\n\nStreamFile\x12\x1d.fsagent.v1.StreamFileRequest\x1a\x15.fsagent.v1.FileChunk0\x01\x12J\n\x0cStreamSearch\x12\x1f.fsagent.v1.StreamSearchRequest\x1a\x17.fsagent.v1.SearchMatch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66sagent/v1/sandbox.proto\x12\nfsagent.v1\"H\n\x0e\x45xecuteRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x10\n\x08no_cache\x18\x03 \x01(\x08\"\xcb\x01\n\x0f\x45xecuteResponse\x12\x0e\n\x06stdout\x18\x01 \x01(\t\x12\x0e\n\x06stderr\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\x12\x14\n\x0coutput_bytes\x18\n \x01(\x03\"\x12\n\x10ListToolsRequest\"\'\n\x11ListToolsResponse\x12\x12\n\ntools_json\x18\x01 \x01(\t\"L\n\x0c\x44ocumentInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x10\n\x08modified\x18\x04 \x01(\x01\"U\n\x14ListDocumentsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\t\"X\n\x15ListDocumentsResponse\x12+\n\tdocuments\x18\x01 \x03(\x0b\x32\x18.fsagent.v1.DocumentInfo\x12\x12\n\nnext_after\x18\x02 \x01(\t\"#\n\x13ReadDocumentRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"O\n\x14ReadDocumentResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.fsagent.v1.DocumentInfo\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"Z\n\x14WriteDocumentRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.fsagent.v1.WriteMode\"%\n\x15\x44\x65leteDocumentRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"&\n\x16\x44\x65leteDocumentResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\"w\n\x0bUploadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fsagent.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12$\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x15.fsagent.v1.UploadEndH\x00\x42\x06\n\x04part\" \n\tUploadEnd\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x03\"A\n\x0cUploadHeader\x12\x0c\n\x04path\x18\x01 \x01(\t\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.fsagent.v1.WriteMode\"6\n\x11StreamFileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_lines\x18\x02 \x01(\x05\"Q\n\tFileChunk\x12\x12\n\nstart_line\x18\x01 \x01(\x03\x12\r\n\x05lines\x18\x02 \x03(\t\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x13\n\x0btotal_lines\x18\x04 \x01(\x03\"u\n\x13StreamSearchRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x13\n\x0bignore_case\x18\x03 \x01(\x08\x12\x15\n\rfixed_strings\x18\x04 \x01(\x08\x12\x13\n\x0bmax_results\x18\x05 \x01(\x05\">\n\x0bSearchMatch\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bline_number\x18\x02 \x01(\x03\x12\x0c\n\x04line\x18\x03 \x01(\t*l\n\tWriteMode\x12\x1a\n\x16WRITE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11WRITE_MODE_CREATE\x10\x01\x12\x15\n\x11WRITE_MODE_UPDATE\x10\x02\x12\x15\n\x11WRITE_MODE_UPSERT\x10\x03\x32\xbf\x05\n\x07Sandbox\x12\x42\n\x07\x45xecute\x12\x1a.fsagent.v1.ExecuteRequest\x1a\x1b.fsagent.v1.ExecuteResponse\x12H\n\tListTools\x12\x1c.fsagent.v1.ListToolsRequest\x1a\x1d.fsagent.v1.ListToolsResponse\x12T\n\rListDocuments\x12 .fsagent.v1.ListDocumentsRequest\x1a!.fsagent.v1.ListDocumentsResponse\x12Q\n\x0cReadDocument\x12\x1f.fsagent.v1.ReadDocumentRequest\x1a .fsagent.v1.ReadDocumentResponse\x12K\n\rWriteDocument\x12 .fsagent.v1.WriteDocumentRequest\x1a\x18.fsagent.v1.DocumentInfo\x12W\n\x0e\x44\x65leteDocument\x12!.fsagent.v1.DeleteDocumentRequest\x1a\".fsagent.v1.DeleteDocumentResponse\x12\x45\n\x0eUploadDocument\x12\x17.fsagent.v1.UploadChunk\x1a\x18.fsagent.v1.DocumentInfo(\x01\x12\x44\n\nStreamFile\x12\x1d.fsagent.v1.StreamFileRequest\x1a\x15.fsagent.v1.FileChunk0\x01\x12J\n\x0cStreamSearch\x12\x1f.fsagent.v1.StreamSearchRequest\x1a\x17.fsagent.v1.SearchMatch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fsagent.v1.sandbox_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WRITEMODE']._serialized_start=1419
-  _globals['_WRITEMODE']._serialized_end=1527
+  _globals['_WRITEMODE']._serialized_start=1469
+  _globals['_WRITEMODE']._serialized_end=1577
   _globals['_EXECUTEREQUEST']._serialized_start=40
   _globals['_EXECUTEREQUEST']._serialized_end=112
   _globals['_EXECUTERESPONSE']._serialized_start=115
@@ -44,33 +44,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENTINFO']._serialized_start=381
   _globals['_DOCUMENTINFO']._serialized_end=457
   _globals['_LISTDOCUMENTSREQUEST']._serialized_start=459
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=514
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=516
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=584
-  _globals['_READDOCUMENTREQUEST']._serialized_start=586
-  _globals['_READDOCUMENTREQUEST']._serialized_end=621
-  _globals['_READDOCUMENTRESPONSE']._serialized_start=623
-  _globals['_READDOCUMENTRESPONSE']._serialized_end=702
-  _globals['_WRITEDOCUMENTREQUEST']._serialized_start=704
-  _globals['_WRITEDOCUMENTREQUEST']._serialized_end=794
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=796
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=833
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=835
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=873
-  _globals['_UPLOADCHUNK']._serialized_start=875
-  _globals['_UPLOADCHUNK']._serialized_end=994
-  _globals['_UPLOADEND']._serialized_start=996
-  _globals['_UPLOADEND']._serialized_end=1028
-  _globals['_UPLOADHEADER']._serialized_start=1030
-  _globals['_UPLOADHEADER']._serialized_end=1095
-  _globals['_STREAMFILEREQUEST']._serialized_start=1097
-  _globals['_STREAMFILEREQUEST']._serialized_end=1151
-  _globals['_FILECHUNK']._serialized_start=1153
-  _globals['_FILECHUNK']._serialized_end=1234
-  _globals['_STREAMSEARCHREQUEST']._serialized_start=1236
-  _globals['_STREAMSEARCHREQUEST']._serialized_end=1353
-  _globals['_SEARCHMATCH']._serialized_start=1355
-  _globals['_SEARCHMATCH']._serialized_end=1417
-  _globals['_SANDBOX']._serialized_start=1530
-  _globals['_SANDBOX']._serialized_end=2233
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=544
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=546
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=634
+  _globals['_READDOCUMENTREQUEST']._serialized_start=636
+  _globals['_READDOCUMENTREQUEST']._serialized_end=671
+  _globals['_READDOCUMENTRESPONSE']._serialized_start=673
+  _globals['_READDOCUMENTRESPONSE']._serialized_end=752
+  _globals['_WRITEDOCUMENTREQUEST']._serialized_start=754
+  _globals['_WRITEDOCUMENTREQUEST']._serialized_end=844
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=846
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=883
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=885
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=923
+  _globals['_UPLOADCHUNK']._serialized_start=925
+  _globals['_UPLOADCHUNK']._serialized_end=1044
+  _globals['_UPLOADEND']._serialized_start=1046
+  _globals['_UPLOADEND']._serialized_end=1078
+  _globals['_UPLOADHEADER']._serialized_start=1080
+  _globals['_UPLOADHEADER']._serialized_end=1145
+  _globals['_STREAMFILEREQUEST']._serialized_start=1147
+  _globals['_STREAMFILEREQUEST']._serialized_end=1201
+  _globals['_FILECHUNK']._serialized_start=1203
+  _globals['_FILECHUNK']._serialized_end=1284
+  _globals['_STREAMSEARCHREQUEST']._serialized_start=1286
+  _globals['_STREAMSEARCHREQUEST']._serialized_end=1403
+  _globals['_SEARCHMATCH']._serialized_start=1405
+  _globals['_SEARCHMATCH']._serialized_end=1467
+  _globals['_SANDBOX']._serialized_start=1580
+  _globals['_SANDBOX']._serialized_end=2283
 # @@protoc_insertion_point(module_scope)

@@ -200,12 +200,29 @@ class Documents:
     # ---------------------------------------------------------------------------------------
     # list / read
 
-    def _list_sync(self, user_path: str, recursive: bool) -> list[sandbox_pb2.DocumentInfo]:
+    def _list_sync(
+        self, user_path: str, recursive: bool, limit: int = 0, after: str = ""
+    ) -> tuple[list[sandbox_pb2.DocumentInfo], str]:
+        """One page of the listing in path order: at most `limit` entries (0: all) whose path sorts
+        after `after`, and the `after` of the next page ("" at the end).
+
+        A page never holds more than `limit + 1` entries at a time: candidates are trimmed as they
+        come, only entries in the page's range are stat'ed, and a subtree wholly before `after` (or
+        after the page's last candidate) is not walked. A subtree's paths all lie between
+        `dir + "/"` and `dir + "0"` ("/" and "0" are adjacent), whatever the names beneath it."""
         r = self._resolve(user_path)
         assert r.st is not None
         if not r.is_dir:
-            return [_info(r.rel, r.st)]
+            return ([_info(r.rel, r.st)] if not after or r.rel > after else []), ""
         out: list[tuple[str, os.stat_result]] = []
+        bound: str | None = None  # with a limit: the largest path a page can still hold
+
+        def trim() -> None:
+            nonlocal bound
+            out.sort(key=lambda item: item[0])
+            del out[limit + 1:]
+            bound = out[-1][0]
+
         stack = [(r.abs, r.rel)]
         while stack:
             path, rel = stack.pop()
@@ -218,6 +235,17 @@ class Documents:
                     if entry.name.startswith("."):
                         continue  # hidden files and our own temp files
                     child_rel = entry.name if rel == "." else f"{rel}/{entry.name}"
+                    if after or bound is not None:
+                        try:
+                            descend = recursive and entry.is_dir(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if descend and (child_rel + "0" <= after or (bound is not None and child_rel + "/" > bound)):
+                            descend = False  # nothing beneath it belongs on this page
+                        if not (child_rel > after and (bound is None or child_rel < bound)):
+                            if descend:
+                                stack.append((entry.path, child_rel))
+                            continue
                     try:
                         st = entry.stat(follow_symlinks=False)
                         if stat.S_ISLNK(st.st_mode):
@@ -233,13 +261,22 @@ class Documents:
                     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                         continue
                     out.append((child_rel, st))
+                    if limit and len(out) > 2 * (limit + 1):
+                        trim()
                     if recursive and stat.S_ISDIR(st.st_mode) and not entry.is_symlink():
-                        stack.append((entry.path, child_rel))
+                        if bound is None or child_rel + "/" < bound:
+                            stack.append((entry.path, child_rel))
         out.sort(key=lambda item: item[0])
-        return [_info(rel, st) for rel, st in out]
+        next_after = ""
+        if limit and len(out) > limit:
+            del out[limit:]
+            next_after = out[-1][0]
+        return [_info(rel, st) for rel, st in out], next_after
 
-    async def list(self, user_path: str, recursive: bool) -> list[sandbox_pb2.DocumentInfo]:
-        return await asyncio.to_thread(self._list_sync, user_path, recursive)
+    async def list(
+        self, user_path: str, recursive: bool, limit: int = 0, after: str = ""
+    ) -> tuple[list[sandbox_pb2.DocumentInfo], str]:
+        return await asyncio.to_thread(self._list_sync, user_path, recursive, limit, after)
 
     def _read_sync(self, user_path: str) -> sandbox_pb2.ReadDocumentResponse:
         r = self._resolve(user_path)

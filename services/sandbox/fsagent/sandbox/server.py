@@ -60,8 +60,10 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServicer):
         return result
 
     async def ListDocuments(self, request: sandbox_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext) -> Any:
-        docs = await self._call("list", context, self.documents.list(request.path, request.recursive))
-        return sandbox_pb2.ListDocumentsResponse(documents=docs)
+        docs, next_after = await self._call(
+            "list", context, self.documents.list(request.path, request.recursive, max(0, request.limit), request.after)
+        )
+        return sandbox_pb2.ListDocumentsResponse(documents=docs, next_after=next_after)
 
     async def ReadDocument(self, request: sandbox_pb2.ReadDocumentRequest, context: grpc.aio.ServicerContext) -> Any:
         return await self._call("read", context, self.documents.read(request.path))
