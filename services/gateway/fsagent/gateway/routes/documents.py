@@ -143,7 +143,10 @@ async def _write(
 
 
 @router.get(
-    "", response_model=DocumentList, summary="List documents", responses=responses(400, 403, 404)
+    "", response_model=DocumentList, summary="List documents", responses=responses(
+        400, 403, 404, s400="`invalid_cursor`: `cursor` is not a `next_cursor` of this listing (same "
+        "`path` and `recursive`); `invalid_argument`: a malformed path (a NUL byte).",
+    ),
 )
 async def list_documents(
     sandbox: SandboxDep,
@@ -155,7 +158,8 @@ async def list_documents(
         ge=1, le=LIST_LIMIT_MAX, description=f"Entries per page (at most {LIST_LIMIT_MAX}).",
     )] = LIST_LIMIT_DEFAULT,
     cursor: Annotated[str, Query(
-        max_length=8192, description="`next_cursor` of the previous page; empty for the first page.",
+        max_length=8192, pattern=r"^[A-Za-z0-9_-]*$",  # base64url: a URL no server refuses as too long
+        description="`next_cursor` of the previous page; empty for the first page.",
     )] = "",
 ) -> dict[str, Any]:
     check_nameable(path)
