@@ -251,3 +251,27 @@ async def test_stream_search_many_results_stops_early(make_sandbox) -> None:  # 
     started = time.perf_counter()
     got = [m async for m in sb.stub.StreamSearch(pb.StreamSearchRequest(pattern="hit", max_results=3))]
     assert len(got) == 3 and time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize(
+    "pattern, reason", [("(unclosed", "unclosed group"), ("[ab", "unclosed character class"), ("\\", "")]
+)
+async def test_stream_search_invalid_pattern_is_said_in_words(sandbox: Sandbox, pattern: str, reason: str) -> None:
+    # Not the search tool's raw output (several lines, a caret under the pattern): one line.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _ = [m async for m in sandbox.stub.StreamSearch(pb.StreamSearchRequest(pattern=pattern))]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = info.value.details()
+    assert message.startswith("invalid regular expression: ") and "\n" not in message and "\\n" not in message
+    assert reason in message.lower()
+
+
+def test_search_failure_messages() -> None:
+    from fsagent.sandbox.documents import search_failure
+
+    rg = search_failure("regex parse error:\n    (\n    ^\nerror: unclosed group")
+    assert (rg.code, rg.message) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid regular expression: unclosed group")
+    gnu = search_failure("grep: Unmatched ( or \\(")
+    assert (gnu.code, gnu.message) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid regular expression: Unmatched ( or \\(")
+    gone = search_failure("rg: a.md: No such file or directory (os error 2)")
+    assert gone.code == grpc.StatusCode.NOT_FOUND and gone.message == "no such file or directory"

@@ -50,6 +50,21 @@ MAX_MATCH_LINE_CHARS = 2000
 NEW_FILE_MODE = 0o644
 
 
+def search_failure(stderr: str) -> "DocError":
+    """A failed search (exit code 2) in words for a caller, not the search tool's raw output: an
+    invalid pattern is 400 `invalid regular expression: ...`, a file gone meanwhile is 404."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if lines and lines[0].startswith("regex parse error"):  # ripgrep: the reason is on `error:`
+        reason = next((line[len("error:"):].strip() for line in lines if line.startswith("error:")), "")
+        return DocError(grpc.StatusCode.INVALID_ARGUMENT, names.escape_text(f"invalid regular expression: {reason or 'parse error'}")[:500])
+    first = lines[0].removeprefix("grep: ") if lines else ""
+    if "No such file or directory" in first:
+        return DocError(grpc.StatusCode.NOT_FOUND, "no such file or directory")
+    if first.startswith(("Unmatched", "Invalid", "Trailing backslash", "Premature end")):  # GNU grep
+        return DocError(grpc.StatusCode.INVALID_ARGUMENT, names.escape_text(f"invalid regular expression: {first}")[:500])
+    return DocError(grpc.StatusCode.INVALID_ARGUMENT, names.escape_text(" ".join(lines) or "search failed")[:500])
+
+
 class DocError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -562,7 +577,6 @@ class Documents:
         if sent == 0 and status.get("exit_code") == 2:
             message = bytes(status.get("stderr") or b"").decode("utf-8", errors="replace").strip()
             message = message.replace(self.root_real + os.sep, "").replace(self.root_real, ".")
-            message = names.escape_text(message)
-            raise DocError(grpc.StatusCode.INVALID_ARGUMENT, (message or "search failed")[:500])
+            raise search_failure(message)
         if sent == 0 and status.get("timed_out"):
             raise DocError(grpc.StatusCode.DEADLINE_EXCEEDED, "the search timed out; narrow the path or the pattern")

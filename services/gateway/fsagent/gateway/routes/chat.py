@@ -213,9 +213,15 @@ SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 # --- routes ----------------------------------------------------------------------------------
 
+_CHAT_400 = (
+    "`bad_request`: the body is not JSON; `invalid_argument`, `failed_precondition`: the agent "
+    "refused the request (a session that is busy)."
+)
+
+
 @router.post(
     "", response_model=ChatReply, summary="Ask a question and wait for the answer",
-    responses=responses(400, chat=True, s400="`bad_request`: the body is not JSON."), dependencies=[Depends(chat_rate_limit)],
+    responses=responses(400, chat=True, s400=_CHAT_400), dependencies=[Depends(chat_rate_limit)],
 )
 async def chat(req: ChatRequestDep, request: Request, agent: AgentDep, settings: SettingsDep) -> JSONResponse:
     call = agent.Chat(req, timeout=settings.chat_timeout)
@@ -289,7 +295,7 @@ def _refuse_at_once(event: agent_pb2.ChatEvent) -> ApiError | None:
         "description": "Events `status`, `token`, `tool_call`, `tool_result`, then `done` (the full "
         "chat reply, with `warnings`) or `error` (`code`, `message`, `retry_after` for a rate limit: "
         "the codes of the JSON route); every event's data is a JSON object with `session_id`.",
-    }, **responses(400, chat=True, s400="`bad_request`: the body is not JSON.")}, dependencies=[Depends(chat_rate_limit)],
+    }, **responses(400, chat=True, s400=_CHAT_400)}, dependencies=[Depends(chat_rate_limit)],
 )
 async def chat_stream(
     req: ChatRequestDep, agent: AgentDep, settings: SettingsDep
