@@ -77,6 +77,8 @@ def _start(base: Path, extra: dict[str, str] | None = None) -> World:
         "FSAGENT_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": w.KEY_TOKEN,
         "FSAGENT_LLM_MODEL": "scripted-model", "FSAGENT_CANARY": w.ENV_TOKEN,
         "FSAGENT_TOOL_TIMEOUT": str(w.TOOL_TIMEOUT), "FSAGENT_SANDBOX_ISOLATION": "auto",
+        # Hundreds of attack chats from one address in a minute: the chat rate limit is not under test here.
+        "FSAGENT_CHAT_RATE_LIMIT": "",
         **(extra or {}),
     }
     try:
