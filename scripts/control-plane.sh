@@ -65,7 +65,7 @@ build_one() {  # build_one <module dir> <package> <binary> <ldflags>
 }
 
 cmd_build() {
-  command -v go >/dev/null 2>&1 || die "go not found: install Go 1.24+ (the module proxy must be reachable)"
+  command -v go >/dev/null 2>&1 || die "go not found: install Go 1.26+ (the module proxy must be reachable)"
   mkdir -p "$BIN"
   local minor="${KUBE_VERSION#*.}"; minor="${minor%%.*}"
   local kv="k8s.io/component-base/version" cv="k8s.io/client-go/pkg/version"
